@@ -1,0 +1,152 @@
+//! The command line, as clap reads it. These are the "low" arguments: no I/O happens here;
+//! `run::RunPlan::resolve` turns them into a validated plan before anything is built.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "tg-nix",
+    version,
+    about = "Run Testground test plans: build each group, start its instances, drive them through \
+             the built-in sync service, and give a verdict per instance.",
+    long_about = None,
+    after_help = "Examples:\n  \
+        tg-nix run plans/ping-rust/compositions/ping.toml\n  \
+        tg-nix run --plan plans/placebo-rust --case ok --instances 3\n  \
+        tg-nix describe plans/ping-rust\n  \
+        tg-nix doctor\n\n\
+        Exit codes: 0 every instance passed, 1 some instance failed, 2 bad input, 3 build failed,\n\
+        4 the run could not be set up (host, namespaces, sync service), 130 interrupted."
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+    /// tg-nix's home: plans/ (looked up by name), data/outputs/ and data/work/.
+    /// [default: $XDG_DATA_HOME/tg-nix or ~/.local/share/tg-nix]
+    #[arg(long, global = true, env = "TG_NIX_HOME", value_name = "DIR")]
+    pub home: Option<PathBuf>,
+    /// More log output (-v info, -vv debug); RUST_LOG overrides.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Build and run a composition (or a single group given by flags) and report each instance's verdict.
+    Run(RunArgs),
+    /// Show a plan's test cases, their parameters and instance bounds, and its builders and runners.
+    Describe {
+        /// The plan directory (the one holding manifest.toml).
+        plan: PathBuf,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run the Testground sync service on its own (for plans started by hand or another runner).
+    SyncService {
+        /// Address to listen on. Instances of Testground plans dial port 5050.
+        #[arg(long, default_value = "127.0.0.1:5050")]
+        listen: SocketAddr,
+        /// Largest request accepted, in bytes; a larger one closes that connection (code 1009).
+        #[arg(long, default_value_t = 1 << 20)]
+        max_message_size: usize,
+    },
+    /// Say what this host can do: root, namespaces, bridges, qdiscs, cargo, nix, docker.
+    Doctor {
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell) to stdout.
+    Completions {
+        shell: clap_complete::Shell,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// A Testground composition file. Its global.plan is looked up relative to the file, then
+    /// under <home>/plans/.
+    #[arg(value_name = "COMPOSITION", required_unless_present = "plan")]
+    pub composition: Option<PathBuf>,
+
+    /// Run a single group of this plan directory instead of a composition (group id `single`).
+    #[arg(long, value_name = "DIR", conflicts_with = "composition", requires = "case", help_heading = "Single group")]
+    pub plan: Option<PathBuf>,
+    /// The test case to run (with --plan).
+    #[arg(long, visible_alias = "testcase", help_heading = "Single group")]
+    pub case: Option<String>,
+    /// How many instances (with --plan) [default: the case's minimum].
+    #[arg(long, help_heading = "Single group")]
+    pub instances: Option<u64>,
+    /// The builder (with --plan).
+    #[arg(long, default_value = "exec:rust", help_heading = "Single group")]
+    pub builder: String,
+    /// The runner (with --plan).
+    #[arg(long, default_value = "local:exec", help_heading = "Single group")]
+    pub runner: String,
+    /// A test parameter, `key=value`; repeat for more.
+    #[arg(long = "test-param", value_name = "K=V", value_parser = parse_key_value, help_heading = "Single group")]
+    pub test_params: Vec<(String, String)>,
+    /// A build_config entry, `key=value`; repeat for more.
+    #[arg(long = "build-cfg", value_name = "K=V", value_parser = parse_key_value, help_heading = "Single group")]
+    pub build_cfg: Vec<(String, String)>,
+    /// A run_config entry, `key=value`; repeat for more.
+    #[arg(long = "run-cfg", value_name = "K=V", value_parser = parse_key_value, help_heading = "Single group")]
+    pub run_cfg: Vec<(String, String)>,
+
+    /// Only these [[runs]] ids (comma-separated) [default: all, in file order].
+    #[arg(long, value_delimiter = ',')]
+    pub run_ids: Vec<String>,
+    /// Kill instances still running after this long, and fail them (e.g. 90s, 10m).
+    #[arg(long, default_value = "10m", value_parser = humantime::parse_duration)]
+    pub timeout: Duration,
+    /// Run instances on the host network even as root (no namespaces; Rust SDK plans cannot work).
+    #[arg(long)]
+    pub host_network: bool,
+    /// Print the report as JSON on stdout (progress still goes to stderr).
+    #[arg(long)]
+    pub json: bool,
+}
+
+fn parse_key_value(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
+        _ => Err(format!("`{s}` is not key=value")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn single_group_flags() {
+        let cli = Cli::try_parse_from([
+            "tg-nix", "run", "--plan", "p", "--case", "ok", "--instances", "3", "--test-param", "a=b=c", "--timeout", "90s",
+        ])
+        .unwrap();
+        let Command::Run(run) = cli.command else { panic!("not run") };
+        assert_eq!(run.test_params, vec![("a".to_string(), "b=c".to_string())]);
+        assert_eq!(run.timeout, Duration::from_secs(90));
+        assert_eq!(run.instances, Some(3));
+    }
+
+    #[test]
+    fn plan_requires_case_and_excludes_composition() {
+        assert!(Cli::try_parse_from(["tg-nix", "run", "--plan", "p"]).is_err());
+        assert!(Cli::try_parse_from(["tg-nix", "run", "c.toml", "--plan", "p", "--case", "x"]).is_err());
+        assert!(Cli::try_parse_from(["tg-nix", "run"]).is_err());
+        assert!(Cli::try_parse_from(["tg-nix", "run", "--plan", "p", "--case", "x", "--test-param", "=v"]).is_err());
+    }
+}

@@ -1,0 +1,310 @@
+//! `tg-nix run`: resolve the composition into a plan, build every unit, run every run, report.
+
+use std::collections::BTreeMap;
+use std::path::{Component, Path, PathBuf};
+
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use tg_nix_builders::{BuildRequest, BUILDERS};
+use tg_nix_model::{Composition, Manifest, Prepared, SingleRun};
+use tg_nix_runner::netns::{is_root, DEFAULT_DATA_SUBNET};
+use tg_nix_runner::{ExecRunSpec, GroupLaunch, Isolation, RunEvent, RunOutcome};
+
+use crate::args::RunArgs;
+use crate::error::{exit, CliError};
+use crate::home::Home;
+use crate::report::{self, RunReport};
+
+/// Runners this version can run with.
+const RUNNERS: &[&str] = &["local:exec"];
+
+/// A validated `run`: everything is known and checked before any build starts.
+pub struct RunPlan {
+    pub plan_dir: PathBuf,
+    pub prepared: Prepared,
+    pub run_ids: Vec<String>,
+    pub isolation: Isolation,
+}
+
+impl RunPlan {
+    pub fn resolve(args: &RunArgs, home: &Home) -> Result<RunPlan, CliError> {
+        let (composition, base_dir) = match (&args.composition, &args.plan) {
+            (Some(path), _) => {
+                let composition = Composition::load(path)?;
+                let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
+                (composition, base)
+            }
+            (None, Some(plan)) => {
+                let case = args.case.clone().unwrap_or_default();
+                let instances = match args.instances {
+                    Some(n) => n,
+                    None => {
+                        let manifest = Manifest::load(&plan.join("manifest.toml"))?;
+                        manifest.case(&case).map(|c| c.instances.min.max(1)).unwrap_or(1)
+                    }
+                };
+                let single = SingleRun {
+                    plan: plan.to_string_lossy().into_owned(),
+                    case,
+                    instances,
+                    builder: args.builder.clone(),
+                    runner: args.runner.clone(),
+                    test_params: args.test_params.clone(),
+                    build_config: args.build_cfg.clone(),
+                    run_config: args.run_cfg.clone(),
+                };
+                (Composition::single(&single), std::env::current_dir().unwrap_or_default())
+            }
+            (None, None) => return Err(CliError::input("nothing to run", "give a composition file, or --plan DIR --case NAME")),
+        };
+        let plan_dir = resolve_plan_dir(&composition.global.plan, &base_dir, home, composition.source.as_path())?;
+        let manifest = Manifest::load(&plan_dir.join("manifest.toml"))?;
+        let prepared = composition.prepare(&manifest)?;
+        for warning in &prepared.warnings {
+            eprintln!("warning: {warning}");
+        }
+        check_path_component(&prepared.plan, &plan_dir.join("manifest.toml"), "name")?;
+        if !RUNNERS.contains(&prepared.runner.as_str()) {
+            return Err(CliError::input(
+                format!("{}: global.runner: `{}` is not available in this version", composition.source.display(), prepared.runner),
+                format!("use one of: {}", RUNNERS.join(", ")),
+            ));
+        }
+        for unit in &prepared.builds {
+            if !BUILDERS.contains(&unit.builder.as_str()) {
+                return Err(CliError::input(
+                    format!("{}: group `{}`: builder `{}` is not available in this version", composition.source.display(), unit.group_id, unit.builder),
+                    format!("use one of: {}", BUILDERS.join(", ")),
+                ));
+            }
+        }
+        let run_ids = select_runs(&prepared, &args.run_ids, &composition.source)?;
+        let isolation = if args.host_network {
+            Isolation::HostNetwork
+        } else if is_root() {
+            // Testground's first local:docker data subnet. Every run has its own hub namespace, so
+            // concurrent runs can all use it.
+            Isolation::Namespaces { data_subnet: DEFAULT_DATA_SUBNET }
+        } else {
+            eprintln!(
+                "warning: not running as root: instances share the host network and reach the sync service on \
+                 127.0.0.1. Plans using the Rust SDK (crate testground 0.4.0) cannot work this way: it dials the \
+                 fixed host testground-sync-service:5050 and needs TEST_SIDECAR=true. Run as root for per-instance \
+                 namespaces."
+            );
+            Isolation::HostNetwork
+        };
+        Ok(RunPlan { plan_dir, prepared, run_ids, isolation })
+    }
+}
+
+/// `global.plan` relative to the composition's directory, then under `<home>/plans/`.
+fn resolve_plan_dir(plan: &str, base_dir: &Path, home: &Home, source: &Path) -> Result<PathBuf, CliError> {
+    if plan.is_empty() {
+        return Err(CliError::input(
+            format!("{}: global.plan is empty", source.display()),
+            "set global.plan to the plan directory, relative to the composition file",
+        ));
+    }
+    let candidates = [base_dir.join(plan), home.plans_dir().join(plan)];
+    for candidate in &candidates {
+        if candidate.join("manifest.toml").is_file() {
+            return candidate.canonicalize().map_err(|e| CliError::infra(format!("{}: {e}", candidate.display())));
+        }
+    }
+    Err(CliError::input(
+        format!(
+            "{}: global.plan = \"{plan}\": no manifest.toml in {} nor in {}",
+            source.display(),
+            candidates[0].display(),
+            candidates[1].display()
+        ),
+        "set global.plan to the plan directory relative to the composition file, or put the plan under <home>/plans/",
+    ))
+}
+
+/// Names that become directories must be one plain path component.
+fn check_path_component(value: &str, file: &Path, key: &str) -> Result<(), CliError> {
+    let mut parts = Path::new(value).components();
+    let ok = matches!((parts.next(), parts.next()), (Some(Component::Normal(_)), None)) && !value.contains('\0');
+    if ok {
+        Ok(())
+    } else {
+        Err(CliError::input(
+            format!("{}: {key} = {value:?} cannot be used as a directory name", file.display()),
+            format!("make `{key}` a plain name without `/`, `..` or control characters"),
+        ))
+    }
+}
+
+fn select_runs(prepared: &Prepared, wanted: &[String], source: &Path) -> Result<Vec<String>, CliError> {
+    let all: Vec<String> = prepared.runs.iter().map(|r| r.id.clone()).collect();
+    if wanted.is_empty() {
+        return Ok(all);
+    }
+    for id in wanted {
+        if !all.contains(id) {
+            return Err(CliError::input(
+                format!("{}: --run-ids: no run `{id}`", source.display()),
+                format!("the composition's runs are: {}", all.join(", ")),
+            ));
+        }
+    }
+    Ok(wanted.to_vec())
+}
+
+/// Builds every distinct unit once; returns the program of each group id.
+fn build_all(plan: &RunPlan, home: &Home) -> Result<BTreeMap<String, PathBuf>, CliError> {
+    let target_dir = home.cargo_target_dir();
+    let mut by_key: BTreeMap<String, PathBuf> = BTreeMap::new();
+    let mut programs = BTreeMap::new();
+    for unit in &plan.prepared.builds {
+        let key = tg_nix_builders::dedup_key(unit);
+        if let Some(program) = by_key.get(&key) {
+            programs.insert(unit.group_id.clone(), program.clone());
+            continue;
+        }
+        let started = std::time::Instant::now();
+        eprintln!("build  {} ({}) …", unit.group_id, unit.builder);
+        let artifact = tg_nix_builders::build(&BuildRequest { plan_dir: &plan.plan_dir, unit, cargo_target_dir: &target_dir })?;
+        eprintln!("build  {} done in {:.1}s: {}", unit.group_id, started.elapsed().as_secs_f64(), artifact.program.display());
+        by_key.insert(key, artifact.program.clone());
+        programs.insert(unit.group_id.clone(), artifact.program);
+    }
+    Ok(programs)
+}
+
+/// Runs `tg-nix run`; returns the process exit code.
+pub async fn run(args: RunArgs, home: Home, cancel: CancellationToken) -> Result<i32, CliError> {
+    let plan = RunPlan::resolve(&args, &home)?;
+    let programs = {
+        // Builds block (cargo); keep them off the async workers.
+        let home = home.clone();
+        tokio::task::spawn_blocking(move || build_all(&plan, &home).map(|p| (plan, p)))
+            .await
+            .map_err(|e| CliError::infra(format!("build task failed: {e}")))?
+    };
+    let (plan, programs) = programs?;
+
+    let mut reports = Vec::new();
+    for run_id in &plan.run_ids {
+        if cancel.is_cancelled() {
+            break;
+        }
+        let Some(run) = plan.prepared.runs.iter().find(|r| &r.id == run_id) else { continue };
+        let id = new_run_id();
+        let groups = run
+            .groups
+            .iter()
+            .map(|g| GroupLaunch {
+                id: g.id.clone(),
+                program: programs[&g.build_group].clone(),
+                instances: g.instances,
+                params: g.test_params.clone(),
+                profiles: g.profiles.clone(),
+            })
+            .collect();
+        let outputs_dir = home.outputs_dir("local_exec", &plan.prepared.plan).join(&id);
+        let spec = ExecRunSpec {
+            run_id: id.clone(),
+            plan: plan.prepared.plan.clone(),
+            case: plan.prepared.case.clone(),
+            groups,
+            outputs_dir: outputs_dir.clone(),
+            work_dir: home.work_dir().join("runs").join(&id),
+            timeout: args.timeout,
+            isolation: plan.isolation.clone(),
+            disable_metrics: plan.prepared.disable_metrics,
+            log_level: plan.prepared.run_config.get("log_level").and_then(|v| v.as_str()).map(String::from),
+        };
+        let (tx, rx) = mpsc::unbounded_channel();
+        let printer = tokio::spawn(print_progress(rx));
+        let outcome: RunOutcome = tg_nix_runner::local_exec::run(spec, tx, cancel.clone()).await?;
+        let _ = printer.await;
+        let report = RunReport::new(&plan, run_id, &outcome, &outputs_dir, cancel.is_cancelled());
+        report::write_result_file(&report, &outputs_dir);
+        if !args.json {
+            print!("{}", report::render_terminal(&report));
+        }
+        reports.push(report);
+    }
+    if args.json {
+        println!("{}", report::render_json(&reports));
+    }
+    if cancel.is_cancelled() {
+        return Ok(exit::INTERRUPTED);
+    }
+    Ok(if reports.iter().all(|r| r.passed()) { exit::OK } else { exit::TESTS_FAILED })
+}
+
+/// Plain progress lines on stderr: the run starting, and each instance that does not pass as soon
+/// as it ends (a passing instance is only counted in the report).
+async fn print_progress(mut rx: mpsc::UnboundedReceiver<RunEvent>) {
+    while let Some(event) = rx.recv().await {
+        match event {
+            RunEvent::RunStarted { run_id, instances } => eprintln!("run    {run_id}: starting {instances} instances"),
+            RunEvent::InstanceFinished { result } if !result.verdict.is_pass() => eprintln!(
+                "fail   {}[{}] {}: {}",
+                result.group,
+                result.group_index,
+                result.verdict.label(),
+                result.verdict.reason()
+            ),
+            _ => {}
+        }
+    }
+}
+
+/// A run id in the shape of Testground's (xid: 20 characters of base32hex): 4 bytes of time then
+/// 8 random bytes, so ids sort by start time.
+pub fn new_run_id() -> String {
+    let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0) as u32;
+    let mut bytes = [0u8; 12];
+    bytes[..4].copy_from_slice(&secs.to_be_bytes());
+    let mut random = [0u8; 8];
+    if std::fs::File::open("/dev/urandom").and_then(|mut f| std::io::Read::read_exact(&mut f, &mut random)).is_err() {
+        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
+        random = ((nanos as u64) ^ u64::from(std::process::id())).to_be_bytes();
+    }
+    bytes[4..].copy_from_slice(&random);
+    const ALPHABET: &[u8; 32] = b"0123456789abcdefghijklmnopqrstuv";
+    let mut out = String::with_capacity(20);
+    let mut acc: u32 = 0;
+    let mut bits = 0;
+    for b in bytes {
+        acc = (acc << 8) | u32::from(b);
+        bits += 8;
+        while bits >= 5 {
+            bits -= 5;
+            out.push(ALPHABET[((acc >> bits) & 31) as usize] as char);
+        }
+    }
+    if bits > 0 {
+        out.push(ALPHABET[((acc << (5 - bits)) & 31) as usize] as char);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn run_ids_look_like_testground_ids() {
+        let a = new_run_id();
+        let b = new_run_id();
+        assert_eq!(a.len(), 20);
+        assert!(a.chars().all(|c| c.is_ascii_digit() || ('a'..='v').contains(&c)), "{a}");
+        assert_ne!(a, b);
+    }
+
+    #[test]
+    fn path_components() {
+        let f = Path::new("m.toml");
+        assert!(check_path_component("ping-rust", f, "name").is_ok());
+        for bad in ["", "..", "a/b", "/abs", ".", "x\0y"] {
+            assert!(check_path_component(bad, f, "name").is_err(), "{bad:?}");
+        }
+    }
+}
