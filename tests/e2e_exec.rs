@@ -263,7 +263,7 @@ fn bad_compositions_fail_clearly_and_run_nothing() {
     let plan = plan.display();
     let head = format!("[global]\nplan = \"{plan}\"\nbuilder = \"exec:rust\"\nrunner = \"local:exec\"\n");
     let cases: Vec<(&str, String, Vec<&str>)> = vec![
-        ("syntax", format!("{head}case = \"ok\"\n[[groups]\nid = \"a\"\n"), vec!["syntax.toml", "line"]),
+        ("syntax", format!("{head}case = \"ok\"\n[[groups]\nid = \"a\"\n"), vec!["syntax.toml:6:", "toml"]),
         ("unknown-case", format!("{head}case = \"nope\"\n[[groups]]\nid = \"a\"\ninstances = {{ count = 1 }}\n"), vec!["nope", "ok"]),
         ("bounds", format!("{head}case = \"ok\"\n[[groups]]\nid = \"a\"\ninstances = {{ count = 500 }}\n"), vec!["500", "100"]),
         (
@@ -274,7 +274,7 @@ fn bad_compositions_fail_clearly_and_run_nothing() {
         (
             "duplicate",
             format!("{head}case = \"ok\"\n[[groups]]\nid = \"a\"\ninstances = {{ count = 1 }}\n[[groups]]\nid = \"a\"\ninstances = {{ count = 1 }}\n"),
-            vec!["duplicate", "\"a\""],
+            vec!["used twice", "groups[1].id"],
         ),
         (
             "hostile-param",
@@ -302,6 +302,16 @@ fn bad_compositions_fail_clearly_and_run_nothing() {
         }
         assert!(!stderr.contains("build "), "{name}: something was built:\n{stderr}");
     }
+    // A broken manifest is named as such, with its line.
+    let plan_dir = dir.path().join("broken-plan");
+    std::fs::create_dir_all(&plan_dir).unwrap();
+    write(&plan_dir, "manifest.toml", "name = \"broken\"\n[[testcases]]\nname = \"ok\"\ninstances = { min = 1, max = 2 }\nparms = {}\n");
+    let text = format!("[global]\nplan = \"broken-plan\"\ncase = \"ok\"\nbuilder = \"exec:rust\"\nrunner = \"local:exec\"\n[[groups]]\nid = \"a\"\ninstances = {{ count = 1 }}\n");
+    let file = write(dir.path(), "uses-broken-plan.toml", &text);
+    let (code, stderr) = env.fail(&["run", file.to_str().unwrap()]);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains("manifest.toml:5"), "{stderr}");
+    assert!(stderr.contains("parms") && stderr.contains("params"), "{stderr}");
     // Nothing was written under the home either.
     assert!(!env.home.path().join("data/outputs").exists());
 }

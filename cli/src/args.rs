@@ -37,7 +37,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Build and run a composition (or a single group given by flags) and report each instance's verdict.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Show a plan's test cases, their parameters and instance bounds, and its builders and runners.
     Describe {
         /// The plan directory (the one holding manifest.toml).
@@ -137,6 +137,7 @@ mod tests {
         ])
         .unwrap();
         let Command::Run(run) = cli.command else { panic!("not run") };
+        let run = *run;
         assert_eq!(run.test_params, vec![("a".to_string(), "b=c".to_string())]);
         assert_eq!(run.timeout, Duration::from_secs(90));
         assert_eq!(run.instances, Some(3));

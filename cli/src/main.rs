@@ -55,7 +55,7 @@ async fn dispatch(cli: Cli) -> i32 {
         Command::Run(args) => {
             let cancel = CancellationToken::new();
             tokio::spawn(interrupts(cancel.clone()));
-            run::run(args, home, cancel).await
+            run::run(*args, home, cancel).await
         }
         Command::Describe { plan, json } => describe(&plan, json),
         Command::SyncService { listen, max_message_size } => sync_service(listen, max_message_size).await,

@@ -236,10 +236,7 @@ pub async fn run(
 
     server_stop.cancel();
     let _ = server.await;
-    let sync_outcomes = match watcher.await {
-        Ok(tally) => tally,
-        Err(_) => BTreeMap::new(),
-    };
+    let sync_outcomes = watcher.await.unwrap_or_default();
     drop(hub); // the namespaces and every bridge and veth in them go with it
     if let Err(e) = std::fs::remove_dir_all(&spec.work_dir) {
         tracing::warn!("could not remove {}: {e}", spec.work_dir.display());
