@@ -180,6 +180,22 @@ fn placebo_binary(env: &Env) -> PathBuf {
     PathBuf::from(line.rsplit(": ").next().unwrap().trim())
 }
 
+/// Starts `tg-nix run` of placebo's `stall` case and waits until all its instances are running;
+/// returns the plan program (to find its processes) and the tg-nix process.
+fn start_stalled_run(env: &Env, instances: usize) -> (PathBuf, std::process::Child) {
+    let program = placebo_binary(env);
+    let child = env
+        .command()
+        .args(["run", "--plan", "plans/placebo-rust", "--case", "stall", "--timeout", "5m"])
+        .args(["--instances", &instances.to_string()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_for("stalled instances", Duration::from_secs(60), || processes_running(&program).len() == instances);
+    (program, child)
+}
+
 fn wait_for(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
     let start = Instant::now();
     while !f() {
@@ -194,15 +210,7 @@ fn sigint_stops_everything_and_leaves_nothing() {
         return;
     }
     let env = Env::new();
-    let program = placebo_binary(&env);
-    let mut child = env
-        .command()
-        .args(["run", "--plan", "plans/placebo-rust", "--case", "stall", "--instances", "3", "--timeout", "5m"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    wait_for("3 stalled instances", Duration::from_secs(60), || processes_running(&program).len() == 3);
+    let (program, mut child) = start_stalled_run(&env, 3);
     // SAFETY: plain kill(2) on our own child.
     unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
     let start = Instant::now();
@@ -224,15 +232,7 @@ fn sigkill_of_tg_nix_takes_its_instances_along() {
         return;
     }
     let env = Env::new();
-    let program = placebo_binary(&env);
-    let mut child = env
-        .command()
-        .args(["run", "--plan", "plans/placebo-rust", "--case", "stall", "--instances", "2", "--timeout", "5m"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    wait_for("2 stalled instances", Duration::from_secs(60), || processes_running(&program).len() == 2);
+    let (program, mut child) = start_stalled_run(&env, 2);
     child.kill().unwrap();
     child.wait().unwrap();
     wait_for("instances to die with tg-nix", Duration::from_secs(10), || processes_running(&program).is_empty());
@@ -306,8 +306,9 @@ fn bad_compositions_fail_clearly_and_run_nothing() {
     let plan_dir = dir.path().join("broken-plan");
     std::fs::create_dir_all(&plan_dir).unwrap();
     write(&plan_dir, "manifest.toml", "name = \"broken\"\n[[testcases]]\nname = \"ok\"\ninstances = { min = 1, max = 2 }\nparms = {}\n");
-    let text = format!("[global]\nplan = \"broken-plan\"\ncase = \"ok\"\nbuilder = \"exec:rust\"\nrunner = \"local:exec\"\n[[groups]]\nid = \"a\"\ninstances = {{ count = 1 }}\n");
-    let file = write(dir.path(), "uses-broken-plan.toml", &text);
+    let text = "[global]\nplan = \"broken-plan\"\ncase = \"ok\"\nbuilder = \"exec:rust\"\nrunner = \"local:exec\"\n\
+                [[groups]]\nid = \"a\"\ninstances = { count = 1 }\n";
+    let file = write(dir.path(), "uses-broken-plan.toml", text);
     let (code, stderr) = env.fail(&["run", file.to_str().unwrap()]);
     assert_eq!(code, 2, "{stderr}");
     assert!(stderr.contains("manifest.toml:5"), "{stderr}");

@@ -19,6 +19,12 @@ use error::{exit, CliError};
 use home::Home;
 
 fn main() {
+    // Rust ignores SIGPIPE, which turns `tg-nix … | head` into a panic on the next print. Restore
+    // the default so a closed pipe ends tg-nix quietly, like any Unix filter.
+    // SAFETY: called before any thread exists.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     let cli = Cli::parse();
     init_logging(cli.verbose);
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {

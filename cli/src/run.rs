@@ -80,18 +80,17 @@ impl RunPlan {
             }
         }
         let run_ids = select_runs(&prepared, &args.run_ids, &composition.source)?;
-        let isolation = if args.host_network {
-            Isolation::HostNetwork
-        } else if is_root() {
+        let isolation = if !args.host_network && is_root() {
             // Testground's first local:docker data subnet. Every run has its own hub namespace, so
             // concurrent runs can all use it.
             Isolation::Namespaces { data_subnet: DEFAULT_DATA_SUBNET }
         } else {
+            let why = if args.host_network { "--host-network was given" } else { "not running as root" };
             eprintln!(
-                "warning: not running as root: instances share the host network and reach the sync service on \
-                 127.0.0.1. Plans using the Rust SDK (crate testground 0.4.0) cannot work this way: it dials the \
-                 fixed host testground-sync-service:5050 and needs TEST_SIDECAR=true. Run as root for per-instance \
-                 namespaces."
+                "warning: {why}: instances share the host network and reach the sync service on 127.0.0.1, \
+                 without shaping (TEST_SIDECAR=false). Plans using the Rust SDK (crate testground 0.4.0) cannot \
+                 work this way: it dials the fixed host testground-sync-service:5050 and needs TEST_SIDECAR=true. \
+                 Run as root, without --host-network, for per-instance namespaces."
             );
             Isolation::HostNetwork
         };

@@ -400,36 +400,37 @@ struct StdoutCapture {
 /// this instance, which run_events on the sync service (tagged only by group) cannot.
 async fn capture_stdout(stream: impl AsyncRead + Unpin, path: PathBuf) -> StdoutCapture {
     let mut capture = StdoutCapture { events: Vec::new(), event_lines: Vec::new() };
-    let mut file = open_output(&path).await;
-    let mut reader = BufReader::new(stream);
-    let mut line = Vec::new();
-    loop {
-        line.clear();
-        match reader.read_until(b'\n', &mut line).await {
-            Ok(0) | Err(_) => break,
-            Ok(_) => {}
-        }
-        if let Some(f) = file.as_mut() {
-            let _ = f.write_all(&line).await;
-        }
-        let text = String::from_utf8_lossy(&line);
-        if let Some(event) = Event::from_stdout_line(text.trim_end()) {
-            capture.event_lines.extend_from_slice(&line);
+    copy_lines(stream, &path, |line| {
+        if let Some(event) = Event::from_stdout_line(String::from_utf8_lossy(line).trim_end()) {
+            capture.event_lines.extend_from_slice(line);
             if !line.ends_with(b"\n") {
                 capture.event_lines.push(b'\n');
             }
             capture.events.push(event);
         }
-    }
-    if let Some(mut f) = file {
-        let _ = f.flush().await;
-    }
+    })
+    .await;
     capture
 }
 
+/// Copies the instance's stderr to its outputs and keeps its last lines for the report.
 async fn capture_stderr(stream: impl AsyncRead + Unpin, path: PathBuf) -> Vec<String> {
     let mut tail = VecDeque::with_capacity(STDERR_TAIL_LINES);
-    let mut file = open_output(&path).await;
+    copy_lines(stream, &path, |line| {
+        if tail.len() == STDERR_TAIL_LINES {
+            tail.pop_front();
+        }
+        tail.push_back(String::from_utf8_lossy(line).trim_end().to_string());
+    })
+    .await;
+    tail.into()
+}
+
+/// Copies `stream` to the file at `path` byte for byte and hands every line (with its newline, if
+/// any; not necessarily UTF-8) to `on_line`. A file that cannot be written is logged, and the
+/// stream is still drained so the instance never blocks on a full pipe.
+async fn copy_lines(stream: impl AsyncRead + Unpin, path: &Path, mut on_line: impl FnMut(&[u8])) {
+    let mut file = open_output(path).await;
     let mut reader = BufReader::new(stream);
     let mut line = Vec::new();
     loop {
@@ -441,15 +442,11 @@ async fn capture_stderr(stream: impl AsyncRead + Unpin, path: PathBuf) -> Vec<St
         if let Some(f) = file.as_mut() {
             let _ = f.write_all(&line).await;
         }
-        if tail.len() == STDERR_TAIL_LINES {
-            tail.pop_front();
-        }
-        tail.push_back(String::from_utf8_lossy(&line).trim_end().to_string());
+        on_line(&line);
     }
     if let Some(mut f) = file {
         let _ = f.flush().await;
     }
-    tail.into()
 }
 
 async fn open_output(path: &Path) -> Option<tokio::fs::File> {
