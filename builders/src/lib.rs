@@ -19,6 +19,7 @@
 //! ```
 
 mod exec_rust;
+pub mod store;
 
 use std::path::{Path, PathBuf};
 

@@ -36,9 +36,17 @@ function fail (what) {
   throw new CheckFailed(what)
 }
 
+/** JSON text with object keys sorted: the service may reorder keys (the Go one sorted them). */
+function canon (value) {
+  return JSON.stringify(value, (key, v) => v && typeof v === 'object' && !Array.isArray(v)
+    ? Object.fromEntries(Object.keys(v).sort().map(k => [k, v[k]]))
+    : v)
+}
+
+/** Deep equality up to object key order. */
 function same (actual, expected, what) {
-  const a = JSON.stringify(actual)
-  const e = JSON.stringify(expected)
+  const a = canon(actual)
+  const e = canon(expected)
   if (a !== e) fail(`${what}: expected ${e}, got ${a}`)
   ok(`${what}: ${a.length > 120 ? a.slice(0, 117) + '...' : a}`)
 }

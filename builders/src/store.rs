@@ -1,0 +1,1 @@
+//! Nix store-path math (being written).
