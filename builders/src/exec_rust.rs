@@ -19,13 +19,16 @@ const KNOWN_KEYS: &[&str] = &["path", "bin", "features"];
 /// How many lines of cargo's stderr a failed build shows.
 const STDERR_TAIL_LINES: usize = 40;
 
-struct Config {
-    package_dir: PathBuf,
-    bin: Option<String>,
-    features: Vec<String>,
+/// The build_config of a cargo package, shared by exec:rust and nix:rust.
+pub(crate) struct Config {
+    /// The package directory: the plan directory, or `path` inside it.
+    pub package_dir: PathBuf,
+    pub bin: Option<String>,
+    pub features: Vec<String>,
 }
 
-fn config(req: &BuildRequest<'_>) -> Result<Config, BuildError> {
+/// Reads and checks build_config for the builder `id` (messages name it).
+pub(crate) fn config(req: &BuildRequest<'_>, id: &str) -> Result<Config, BuildError> {
     let group = &req.unit.group_id;
     let bad = |key: &str, message: String| BuildError::Config {
         group: group.clone(),
@@ -34,16 +37,8 @@ fn config(req: &BuildRequest<'_>) -> Result<Config, BuildError> {
     };
     for key in req.unit.build_config.keys() {
         if !KNOWN_KEYS.contains(&key.as_str()) {
-            return Err(bad(key, format!("unknown key for {ID} (known keys: {})", KNOWN_KEYS.join(", "))));
+            return Err(bad(key, format!("unknown key for {id} (known keys: {})", KNOWN_KEYS.join(", "))));
         }
-    }
-    if !req.unit.dependencies.is_empty() {
-        return Err(BuildError::Unsupported {
-            group: group.clone(),
-            builder: ID.to_string(),
-            what: "dependency rewrites".to_string(),
-            hint: "use the hermetic builder `nix:rust` for [[groups.build.dependencies]]".to_string(),
-        });
     }
     let package_dir = match req.unit.build_config.get("path") {
         None => req.plan_dir.to_path_buf(),
@@ -75,7 +70,7 @@ fn config(req: &BuildRequest<'_>) -> Result<Config, BuildError> {
         return Err(BuildError::NoProgram {
             group: group.clone(),
             message: format!(
-                "{} has no Cargo.toml; {ID} builds a cargo package (set build_config.path to its directory)",
+                "{} has no Cargo.toml; {id} builds a cargo package (set build_config.path to its directory)",
                 package_dir.display()
             ),
         });
@@ -85,7 +80,15 @@ fn config(req: &BuildRequest<'_>) -> Result<Config, BuildError> {
 
 pub fn build(req: &BuildRequest<'_>) -> Result<Artifact, BuildError> {
     let group = req.unit.group_id.clone();
-    let cfg = config(req)?;
+    if !req.unit.dependencies.is_empty() {
+        return Err(BuildError::Unsupported {
+            group,
+            builder: ID.to_string(),
+            what: "dependency rewrites".to_string(),
+            hint: "use the hermetic builder `nix:rust` for [[groups.build.dependencies]]".to_string(),
+        });
+    }
+    let cfg = config(req, ID)?;
     let mut cmd = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
     cmd.arg("build")
         .arg("--release")
@@ -137,7 +140,7 @@ pub fn build(req: &BuildRequest<'_>) -> Result<Artifact, BuildError> {
         return Err(BuildError::Command { group, command, status: status.to_string(), stderr_tail });
     }
     match executables.len() {
-        1 => Ok(Artifact { program: executables.remove(0) }),
+        1 => Ok(Artifact { program: executables.remove(0), cached: None }),
         0 => Err(BuildError::NoProgram { group, message: "the package has no binary target".into() }),
         _ => Err(BuildError::NoProgram {
             group,

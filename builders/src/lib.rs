@@ -1,10 +1,12 @@
 //! Builders turn a plan directory and a build unit of a composition into a runnable artifact.
 //!
-//! Today there is one builder, `exec:rust`: `cargo build --release` of the plan's package on the
-//! host, the fast non-hermetic path (the Rust counterpart of Testground's `exec:go`). The Nix
-//! builders (`nix:rust`, …) land here next, behind the same [`build`] entry point.
+//! - `exec:rust`: `cargo build --release` of the plan's package on the host, the fast
+//!   non-hermetic path (the Rust counterpart of Testground's `exec:go`);
+//! - `nix:rust`: the same package built hermetically in the Nix sandbox, with dependency
+//!   rewrites, from a generated Nix expression ([`nix`]; `tg-nix setup` prepares the host).
 //!
 //! This crate must not run instances or know about runners: it returns a path and nothing else.
+//! It reports progress through [`BuildRequest::progress`] and never prints.
 //!
 //! ```no_run
 //! use std::path::Path;
@@ -13,12 +15,16 @@
 //!     plan_dir: Path::new("plans/ping-rust"),
 //!     unit: &unit(),
 //!     cargo_target_dir: Path::new("/tmp/tg-nix-target"),
+//!     work_dir: Path::new("/tmp/tg-nix/data/work"),
+//!     state_dir: Path::new("/tmp/tg-nix/data/state"),
+//!     progress: &|p| eprintln!("{p:?}"),
 //! })?;
 //! println!("{}", artifact.program.display());
 //! # Ok::<(), tg_nix_builders::BuildError>(())
 //! ```
 
 mod exec_rust;
+pub mod nix;
 pub mod store;
 
 use std::path::{Path, PathBuf};
@@ -26,7 +32,7 @@ use std::path::{Path, PathBuf};
 use tg_nix_model::BuildUnit;
 
 /// The builder ids this crate knows, in the order `tg-nix describe` lists them.
-pub const BUILDERS: &[&str] = &[exec_rust::ID];
+pub const BUILDERS: &[&str] = &[exec_rust::ID, nix::rust::ID];
 
 /// What one build needs.
 pub struct BuildRequest<'a> {
@@ -36,6 +42,24 @@ pub struct BuildRequest<'a> {
     pub unit: &'a BuildUnit,
     /// Where cargo keeps its build cache; shared across plans so their dependencies build once.
     pub cargo_target_dir: &'a Path,
+    /// tg-nix's work dir (`<home>/data/work`): nix:* builders stage sources there and write the
+    /// generated expressions under `nix/<plan>/`.
+    pub work_dir: &'a Path,
+    /// tg-nix's state DB (`<home>/data/state`): what `tg-nix setup` imported, resolve and vendor
+    /// caches.
+    pub state_dir: &'a Path,
+    /// Where the builder says what it is doing.
+    pub progress: &'a (dyn Fn(Progress<'_>) + Sync),
+}
+
+/// What a builder is doing; the caller decides how to show it.
+#[derive(Debug, Clone, Copy)]
+pub enum Progress<'a> {
+    /// A step worth a line of its own ("vendoring dependencies …", "cached").
+    Step(&'a str),
+    /// The latest line of a running build's log: a terminal may show it in place; plain output
+    /// drops it.
+    Log(&'a str),
 }
 
 /// A built plan program.
@@ -43,6 +67,9 @@ pub struct BuildRequest<'a> {
 pub struct Artifact {
     /// The executable to start once per instance.
     pub program: PathBuf,
+    /// Whether nothing had to be built, when the builder can tell (nix:* can: Nix's store is the
+    /// cache; exec:rust leaves that to cargo).
+    pub cached: Option<bool>,
 }
 
 /// Why a build failed. Each variant says which build unit and carries what a user needs to fix it.
@@ -60,12 +87,28 @@ pub enum BuildError {
     Command { group: String, command: String, status: String, stderr_tail: String },
     #[error("group `{group}`: {message}")]
     NoProgram { group: String, message: String },
+    /// A `[[groups.build.dependencies]]` rewrite that cargo could not apply.
+    #[error("group `{group}`: dependency rewrite `{rewrite}` failed: {detail}")]
+    Rewrite { group: String, rewrite: String, detail: String },
+    /// The host is not ready for a nix:* builder (Nix, its sandbox, the imports); `fix` says how.
+    #[error("{message}")]
+    NotReady { message: String, fix: String },
+    /// `tg-nix setup` failed at one step.
+    #[error("setup: {step}: {message}")]
+    Setup { step: String, message: String },
+    /// A file tg-nix manages (staging, generated expressions, GC roots) could not be written.
+    #[error("{path}: {source}")]
+    Io { path: String, source: std::io::Error },
+    /// The state DB could not be opened, read or written.
+    #[error("state DB {path}: {message}")]
+    State { path: String, message: String },
 }
 
 /// Builds one unit with the builder it names.
 pub fn build(req: &BuildRequest<'_>) -> Result<Artifact, BuildError> {
     match req.unit.builder.as_str() {
         exec_rust::ID => exec_rust::build(req),
+        nix::rust::ID => nix::rust::build(req),
         other => Err(BuildError::UnknownBuilder {
             group: req.unit.group_id.clone(),
             builder: other.to_string(),

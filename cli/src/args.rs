@@ -17,6 +17,7 @@ use clap::{Args, Parser, Subcommand};
     after_help = "Examples:\n  \
         tg-nix run plans/ping-rust/compositions/ping.toml\n  \
         tg-nix run --plan plans/placebo-rust --case ok --instances 3\n  \
+        sudo tg-nix setup && tg-nix run --plan plans/ping-rust --case ping --builder nix:rust\n  \
         tg-nix describe plans/ping-rust\n  \
         tg-nix doctor\n\n\
         Exit codes: 0 every instance passed, 1 some instance failed, 2 bad input, 3 build failed,\n\
@@ -54,6 +55,26 @@ pub enum Command {
         /// Largest request accepted, in bytes; a larger one closes that connection (code 1009).
         #[arg(long, default_value_t = 1 << 20)]
         max_message_size: usize,
+    },
+    /// Prepare this host for the hermetic nix:* builders (as root; idempotent): nix.conf with the
+    /// sandbox on, GC roots, and the imports (static busybox, the Debian C toolchain as a sysroot
+    /// from verified .debs, the Rust toolchain).
+    Setup {
+        /// Import everything again even when the records say it is in the store.
+        #[arg(long)]
+        force: bool,
+        /// Print JSON instead of progress lines.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Write the Nix expressions of a composition's nix:* groups without building them, and print
+    /// how to build them by hand (`nix-build FILE -A GROUP`).
+    Gen {
+        /// A Testground composition file.
+        composition: PathBuf,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
     },
     /// Say what this host can do: root, namespaces, bridges, qdiscs, cargo, nix, docker.
     Doctor {

@@ -24,7 +24,7 @@ fn version_of(program: &str, arg: &str) -> Result<String, String> {
     }
 }
 
-pub async fn checks() -> Vec<Check> {
+pub async fn checks(home: &crate::home::Home) -> Vec<Check> {
     let mut out = Vec::new();
     let caps = tg_nix_runner::capability::probe().await;
     for c in &caps.checks {
@@ -55,8 +55,18 @@ pub async fn checks() -> Vec<Check> {
             out.push(check(
                 "nix sandbox",
                 sandbox,
-                if sandbox { "sandbox = true in /etc/nix/nix.conf".to_string() } else { "sandbox is not `true` in /etc/nix/nix.conf (nix:* builders refuse to build)".to_string() },
+                if sandbox {
+                    "sandbox = true in /etc/nix/nix.conf".to_string()
+                } else {
+                    "sandbox is not `true` in /etc/nix/nix.conf (nix:* builders refuse to build; `tg-nix setup` fixes it)".to_string()
+                },
             ));
+            // What `tg-nix setup` imported for this home, and whether it is still in the store.
+            let state_dir = home.state_dir();
+            let imports = tokio::task::spawn_blocking(move || tg_nix_builders::nix::status(&state_dir)).await.unwrap_or_default();
+            for s in imports {
+                out.push(check(&s.name, s.ok, s.detail));
+            }
         }
         Err(e) => out.push(check("nix", false, format!("{e} (needed by the nix:* builders, not by exec:rust)"))),
     }

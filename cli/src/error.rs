@@ -73,13 +73,25 @@ impl From<tg_nix_builders::BuildError> for CliError {
         use tg_nix_builders::BuildError as B;
         let code = match &e {
             B::UnknownBuilder { .. } | B::Config { .. } | B::Unsupported { .. } => exit::BAD_INPUT,
-            B::Spawn { .. } | B::Command { .. } | B::NoProgram { .. } => exit::BUILD_FAILED,
+            B::Spawn { .. } | B::Command { .. } | B::NoProgram { .. } | B::Rewrite { .. } => exit::BUILD_FAILED,
+            B::NotReady { .. } | B::Setup { .. } | B::Io { .. } | B::State { .. } => exit::INFRA,
         };
         let hint = match &e {
+            B::Spawn { command, .. } if command.starts_with("nix") => {
+                Some("is Nix installed? `tg-nix setup` (as root) installs nothing but says what is missing; scripts/setup.sh installs nix-bin".to_string())
+            }
             B::Spawn { .. } => Some("is cargo installed and on PATH? (`tg-nix doctor` checks)".to_string()),
+            B::Rewrite { .. } => Some("fix the module or version in the group's [[groups.build.dependencies]]".to_string()),
+            B::NotReady { fix, .. } => Some(fix.clone()),
+            B::Setup { .. } => Some("`tg-nix doctor` says what this host has; `tg-nix setup --force` imports everything again".to_string()),
             _ => None,
         };
-        CliError { code, headline: format!("build failed: {e}"), causes: chain(&e), hint }
+        let headline = match &e {
+            B::NotReady { .. } => format!("the nix builders are not ready: {e}"),
+            B::Setup { .. } => e.to_string(),
+            _ => format!("build failed: {e}"),
+        };
+        CliError { code, headline, causes: chain(&e), hint }
     }
 }
 

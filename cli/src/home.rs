@@ -3,7 +3,8 @@
 use std::path::PathBuf;
 
 /// `<home>/plans/` holds plans looked up by name; `<home>/data/outputs/<runner>/<plan>/<run>/`
-/// the outputs of every run (kept); `<home>/data/work/` builds and per-run scratch space.
+/// the outputs of every run (kept); `<home>/data/work/` builds and per-run scratch space
+/// (`work/nix/<plan>/` the generated Nix expressions); `<home>/data/state/` the state DB.
 #[derive(Debug, Clone)]
 pub struct Home {
     root: PathBuf,
@@ -31,6 +32,12 @@ impl Home {
 
     pub fn work_dir(&self) -> PathBuf {
         self.root.join("data/work")
+    }
+
+    /// The state DB (sled): what `tg-nix setup` imported, the nix builders' resolve and vendor
+    /// caches.
+    pub fn state_dir(&self) -> PathBuf {
+        self.root.join("data/state")
     }
 
     /// cargo's target dir for exec:rust builds: `CARGO_TARGET_DIR` if set (cargo's own

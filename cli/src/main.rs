@@ -5,9 +5,12 @@
 mod args;
 mod doctor;
 mod error;
+mod gen;
 mod home;
+mod progress;
 mod report;
 mod run;
+mod setup;
 
 use std::io::Write as _;
 
@@ -65,8 +68,21 @@ async fn dispatch(cli: Cli) -> i32 {
         }
         Command::Describe { plan, json } => describe(&plan, json),
         Command::SyncService { listen, max_message_size } => sync_service(listen, max_message_size).await,
+        Command::Setup { force, json } => {
+            let home = home.clone();
+            // Imports block on nix-store and apt for seconds: keep them off the async workers.
+            tokio::task::spawn_blocking(move || setup::run(&home, force, json))
+                .await
+                .unwrap_or_else(|e| Err(CliError::infra(format!("setup task failed: {e}"))))
+        }
+        Command::Gen { composition, json } => {
+            let home = home.clone();
+            tokio::task::spawn_blocking(move || gen::run(&composition, &home, json))
+                .await
+                .unwrap_or_else(|e| Err(CliError::infra(format!("gen task failed: {e}"))))
+        }
         Command::Doctor { json } => {
-            let checks = doctor::checks().await;
+            let checks = doctor::checks(&home).await;
             if json {
                 println!("{}", serde_json::to_string_pretty(&checks).unwrap_or_default());
             } else {

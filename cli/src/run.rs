@@ -14,6 +14,7 @@ use tg_nix_runner::{ExecRunSpec, GroupLaunch, Isolation, RunEvent, RunOutcome};
 use crate::args::RunArgs;
 use crate::error::{exit, CliError};
 use crate::home::Home;
+use crate::progress::BuildProgress;
 use crate::report::{self, RunReport};
 
 /// Runners this version can run with.
@@ -58,26 +59,12 @@ impl RunPlan {
             }
             (None, None) => return Err(CliError::input("nothing to run", "give a composition file, or --plan DIR --case NAME")),
         };
-        let plan_dir = resolve_plan_dir(&composition.global.plan, &base_dir, home, composition.source.as_path())?;
-        let manifest = Manifest::load(&plan_dir.join("manifest.toml"))?;
-        let prepared = composition.prepare(&manifest)?;
-        for warning in &prepared.warnings {
-            eprintln!("warning: {warning}");
-        }
-        check_path_component(&prepared.plan, &plan_dir.join("manifest.toml"), "name")?;
+        let (plan_dir, prepared) = prepare(&composition, &base_dir, home)?;
         if !RUNNERS.contains(&prepared.runner.as_str()) {
             return Err(CliError::input(
                 format!("{}: global.runner: `{}` is not available in this version", composition.source.display(), prepared.runner),
                 format!("use one of: {}", RUNNERS.join(", ")),
             ));
-        }
-        for unit in &prepared.builds {
-            if !BUILDERS.contains(&unit.builder.as_str()) {
-                return Err(CliError::input(
-                    format!("{}: group `{}`: builder `{}` is not available in this version", composition.source.display(), unit.group_id, unit.builder),
-                    format!("use one of: {}", BUILDERS.join(", ")),
-                ));
-            }
         }
         let run_ids = select_runs(&prepared, &args.run_ids, &composition.source)?;
         let isolation = if !args.host_network && is_root() {
@@ -96,6 +83,27 @@ impl RunPlan {
         };
         Ok(RunPlan { plan_dir, prepared, run_ids, isolation })
     }
+}
+
+/// A composition checked against its plan's manifest: the plan directory and the prepared
+/// composition (warnings printed, every group's builder known).
+pub fn prepare(composition: &Composition, base_dir: &Path, home: &Home) -> Result<(PathBuf, Prepared), CliError> {
+    let plan_dir = resolve_plan_dir(&composition.global.plan, base_dir, home, composition.source.as_path())?;
+    let manifest = Manifest::load(&plan_dir.join("manifest.toml"))?;
+    let prepared = composition.prepare(&manifest)?;
+    for warning in &prepared.warnings {
+        eprintln!("warning: {warning}");
+    }
+    check_path_component(&prepared.plan, &plan_dir.join("manifest.toml"), "name")?;
+    for unit in &prepared.builds {
+        if !BUILDERS.contains(&unit.builder.as_str()) {
+            return Err(CliError::input(
+                format!("{}: group `{}`: builder `{}` is not available in this version", composition.source.display(), unit.group_id, unit.builder),
+                format!("use one of: {}", BUILDERS.join(", ")),
+            ));
+        }
+    }
+    Ok((plan_dir, prepared))
 }
 
 /// `global.plan` relative to the composition's directory, then under `<home>/plans/`.
@@ -156,6 +164,8 @@ fn select_runs(prepared: &Prepared, wanted: &[String], source: &Path) -> Result<
 /// Builds every distinct unit once; returns the program of each group id.
 fn build_all(plan: &RunPlan, home: &Home) -> Result<BTreeMap<String, PathBuf>, CliError> {
     let target_dir = home.cargo_target_dir();
+    let work_dir = home.work_dir();
+    let state_dir = home.state_dir();
     let mut by_key: BTreeMap<String, PathBuf> = BTreeMap::new();
     let mut programs = BTreeMap::new();
     for unit in &plan.prepared.builds {
@@ -166,8 +176,24 @@ fn build_all(plan: &RunPlan, home: &Home) -> Result<BTreeMap<String, PathBuf>, C
         }
         let started = std::time::Instant::now();
         eprintln!("build  {} ({}) …", unit.group_id, unit.builder);
-        let artifact = tg_nix_builders::build(&BuildRequest { plan_dir: &plan.plan_dir, unit, cargo_target_dir: &target_dir })?;
-        eprintln!("build  {} done in {:.1}s: {}", unit.group_id, started.elapsed().as_secs_f64(), artifact.program.display());
+        let progress = BuildProgress::new(&unit.group_id);
+        let artifact = tg_nix_builders::build(&BuildRequest {
+            plan_dir: &plan.plan_dir,
+            unit,
+            cargo_target_dir: &target_dir,
+            work_dir: &work_dir,
+            state_dir: &state_dir,
+            progress: &|p| progress.report(p),
+        });
+        progress.finish();
+        let artifact = artifact?;
+        eprintln!(
+            "build  {} done in {:.2}s{}: {}",
+            unit.group_id,
+            started.elapsed().as_secs_f64(),
+            if artifact.cached == Some(true) { " (cached)" } else { "" },
+            artifact.program.display()
+        );
         by_key.insert(key, artifact.program.clone());
         programs.insert(unit.group_id.clone(), artifact.program);
     }
