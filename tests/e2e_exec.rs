@@ -159,12 +159,15 @@ fn failure_report_names_reason_stderr_and_outputs() {
     assert!(text.contains("FAIL 0/1 instances passed: 1 crash"), "{text}");
 }
 
-/// Processes whose executable is `exe`.
-fn processes_running(exe: &Path) -> Vec<u32> {
+/// Instances of `exe` started under this test's home: their working directory is their temp dir
+/// inside the home, which tells them apart from other tests' instances of the same program.
+fn processes_running(env: &Env, exe: &Path) -> Vec<u32> {
     let mut pids = Vec::new();
     for entry in std::fs::read_dir("/proc").unwrap().flatten() {
         let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else { continue };
-        if std::fs::read_link(entry.path().join("exe")).map(|p| p == exe).unwrap_or(false) {
+        let is_exe = std::fs::read_link(entry.path().join("exe")).map(|p| p == exe).unwrap_or(false);
+        let in_home = std::fs::read_link(entry.path().join("cwd")).map(|p| p.starts_with(env.home.path())).unwrap_or(false);
+        if is_exe && in_home {
             pids.push(pid);
         }
     }
@@ -192,7 +195,7 @@ fn start_stalled_run(env: &Env, instances: usize) -> (PathBuf, std::process::Chi
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    wait_for("stalled instances", Duration::from_secs(60), || processes_running(&program).len() == instances);
+    wait_for("stalled instances", Duration::from_secs(60), || processes_running(env, &program).len() == instances);
     (program, child)
 }
 
@@ -222,7 +225,7 @@ fn sigint_stops_everything_and_leaves_nothing() {
         std::thread::sleep(Duration::from_millis(50));
     };
     assert_eq!(status.code(), Some(130));
-    assert!(processes_running(&program).is_empty(), "instances survived SIGINT");
+    assert!(processes_running(&env, &program).is_empty(), "instances survived SIGINT");
     assert_nothing_left(&env);
 }
 
@@ -235,7 +238,7 @@ fn sigkill_of_tg_nix_takes_its_instances_along() {
     let (program, mut child) = start_stalled_run(&env, 2);
     child.kill().unwrap();
     child.wait().unwrap();
-    wait_for("instances to die with tg-nix", Duration::from_secs(10), || processes_running(&program).is_empty());
+    wait_for("instances to die with tg-nix", Duration::from_secs(10), || processes_running(&env, &program).is_empty());
 }
 
 /// No scratch dir, and no bridge or veth of ours in the host namespace.
