@@ -16,5 +16,6 @@ fi
 # so their dependencies compile once.
 export TG_NIX_TEST_PLAN_TARGET="$PWD/target/plans"
 
+cargo fmt --all --check
 cargo clippy --workspace --all-targets --quiet -- -D warnings
 cargo test --workspace --no-fail-fast

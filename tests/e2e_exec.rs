@@ -40,8 +40,13 @@ impl Env {
 
     fn command(&self) -> Command {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_tg-nix"));
-        let target = std::env::var_os("TG_NIX_TEST_PLAN_TARGET").map(PathBuf::from).unwrap_or_else(|| repo().join("target/plans"));
-        cmd.current_dir(repo()).env("TG_NIX_HOME", self.home.path()).env("CARGO_TARGET_DIR", target).env_remove("RUST_LOG");
+        let target = std::env::var_os("TG_NIX_TEST_PLAN_TARGET")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| repo().join("target/plans"));
+        cmd.current_dir(repo())
+            .env("TG_NIX_HOME", self.home.path())
+            .env("CARGO_TARGET_DIR", target)
+            .env_remove("RUST_LOG");
         cmd
     }
 
@@ -128,7 +133,18 @@ fn every_placebo_case_gets_exactly_its_verdict() {
         .iter()
         .map(|&(case, want_code, want)| {
             let mut cmd = env.command();
-            cmd.args(["run", "--plan", "plans/placebo-rust", "--case", case, "--instances", "2", "--timeout", "8s", "--json"]);
+            cmd.args([
+                "run",
+                "--plan",
+                "plans/placebo-rust",
+                "--case",
+                case,
+                "--instances",
+                "2",
+                "--timeout",
+                "8s",
+                "--json",
+            ]);
             std::thread::spawn(move || {
                 let out = cmd.output().expect("tg-nix runs");
                 let report: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
@@ -166,7 +182,8 @@ fn processes_running(env: &Env, exe: &Path) -> Vec<u32> {
     for entry in std::fs::read_dir("/proc").unwrap().flatten() {
         let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else { continue };
         let is_exe = std::fs::read_link(entry.path().join("exe")).map(|p| p == exe).unwrap_or(false);
-        let in_home = std::fs::read_link(entry.path().join("cwd")).map(|p| p.starts_with(env.home.path())).unwrap_or(false);
+        let in_home =
+            std::fs::read_link(entry.path().join("cwd")).map(|p| p.starts_with(env.home.path())).unwrap_or(false);
         if is_exe && in_home {
             pids.push(pid);
         }
@@ -308,7 +325,11 @@ fn bad_compositions_fail_clearly_and_run_nothing() {
     // A broken manifest is named as such, with its line.
     let plan_dir = dir.path().join("broken-plan");
     std::fs::create_dir_all(&plan_dir).unwrap();
-    write(&plan_dir, "manifest.toml", "name = \"broken\"\n[[testcases]]\nname = \"ok\"\ninstances = { min = 1, max = 2 }\nparms = {}\n");
+    write(
+        &plan_dir,
+        "manifest.toml",
+        "name = \"broken\"\n[[testcases]]\nname = \"ok\"\ninstances = { min = 1, max = 2 }\nparms = {}\n",
+    );
     let text = "[global]\nplan = \"broken-plan\"\ncase = \"ok\"\nbuilder = \"exec:rust\"\nrunner = \"local:exec\"\n\
                 [[groups]]\nid = \"a\"\ninstances = { count = 1 }\n";
     let file = write(dir.path(), "uses-broken-plan.toml", text);

@@ -47,7 +47,9 @@ fn ready(test: &str) -> bool {
 }
 
 fn home() -> PathBuf {
-    std::env::var_os("TG_NIX_TEST_NIX_HOME").map(PathBuf::from).unwrap_or_else(|| repo().join("target/tg-nix-e2e-nix-home"))
+    std::env::var_os("TG_NIX_TEST_NIX_HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo().join("target/tg-nix-e2e-nix-home"))
 }
 
 fn tg_nix(args: &[&str]) -> Output {
@@ -163,7 +165,11 @@ fn two_dependency_versions_build_run_together_and_reproduce() {
     for (i, version) in [(0, "1.0.154"), (1, "1.0.145")] {
         let deps = PathBuf::from(field(i, "deps"));
         assert!(deps.join(format!("serde_json-{version}")).is_dir(), "{}: no serde_json-{version}", deps.display());
-        let serde_jsons = std::fs::read_dir(&deps).unwrap().filter_map(Result::ok).filter(|e| e.file_name().to_string_lossy().starts_with("serde_json-")).count();
+        let serde_jsons = std::fs::read_dir(&deps)
+            .unwrap()
+            .filter_map(Result::ok)
+            .filter(|e| e.file_name().to_string_lossy().starts_with("serde_json-"))
+            .count();
         assert_eq!(serde_jsons, 1, "{}", deps.display());
     }
     assert_ne!(field(0, "deps"), field(1, "deps"));
@@ -188,7 +194,12 @@ fn two_dependency_versions_build_run_together_and_reproduce() {
 
     // Reproducible: Nix builds both again and compares bit for bit.
     let started = Instant::now();
-    let check = Command::new("nix-build").arg(field(0, "file")).arg(field(1, "file")).args(["--check", "--no-out-link"]).output().expect("nix-build");
+    let check = Command::new("nix-build")
+        .arg(field(0, "file"))
+        .arg(field(1, "file"))
+        .args(["--check", "--no-out-link"])
+        .output()
+        .expect("nix-build");
     assert!(check.status.success(), "nix-build --check failed:\n{}", text(&check.stderr));
     let printed = text(&check.stdout);
     assert!(printed.contains(current.to_str().unwrap()) && printed.contains(older.to_str().unwrap()), "{printed}");
@@ -252,14 +263,23 @@ fn a_local_target_replaces_the_crate() {
     for d in [plan.join("src"), plan.join("compositions"), fork.join("src")] {
         std::fs::create_dir_all(d).unwrap();
     }
-    std::fs::write(plan.join("Cargo.toml"), "[package]\nname = \"tiny\"\nversion = \"0.1.0\"\nedition = \"2021\"\n\n[dependencies]\nitoa = \"1\"\n").unwrap();
-    std::fs::write(plan.join("src/main.rs"), "fn main() { println!(\"itoa says {}\", itoa::Buffer::new().format(42u32)); }\n").unwrap();
+    std::fs::write(
+        plan.join("Cargo.toml"),
+        "[package]\nname = \"tiny\"\nversion = \"0.1.0\"\nedition = \"2021\"\n\n[dependencies]\nitoa = \"1\"\n",
+    )
+    .unwrap();
+    std::fs::write(
+        plan.join("src/main.rs"),
+        "fn main() { println!(\"itoa says {}\", itoa::Buffer::new().format(42u32)); }\n",
+    )
+    .unwrap();
     std::fs::write(
         plan.join("manifest.toml"),
         "name = \"tiny\"\n[builders.\"nix:rust\"]\n[runners.\"local:exec\"]\n[[testcases]]\nname = \"t\"\ninstances = { min = 1, max = 1 }\n",
     )
     .unwrap();
-    std::fs::write(fork.join("Cargo.toml"), "[package]\nname = \"itoa\"\nversion = \"1.0.99\"\nedition = \"2021\"\n").unwrap();
+    std::fs::write(fork.join("Cargo.toml"), "[package]\nname = \"itoa\"\nversion = \"1.0.99\"\nedition = \"2021\"\n")
+        .unwrap();
     std::fs::write(
         fork.join("src/lib.rs"),
         "pub struct Buffer;\nimpl Buffer {\n    pub fn new() -> Buffer { Buffer }\n    pub fn format(&mut self, _: u32) -> &str { \"forked\" }\n}\n",

@@ -30,11 +30,7 @@ pub(crate) struct Config {
 /// Reads and checks build_config for the builder `id` (messages name it).
 pub(crate) fn config(req: &BuildRequest<'_>, id: &str) -> Result<Config, BuildError> {
     let group = &req.unit.group_id;
-    let bad = |key: &str, message: String| BuildError::Config {
-        group: group.clone(),
-        key: key.to_string(),
-        message,
-    };
+    let bad = |key: &str, message: String| BuildError::Config { group: group.clone(), key: key.to_string(), message };
     for key in req.unit.build_config.keys() {
         if !KNOWN_KEYS.contains(&key.as_str()) {
             return Err(bad(key, format!("unknown key for {id} (known keys: {})", KNOWN_KEYS.join(", "))));
@@ -110,7 +106,8 @@ pub fn build(req: &BuildRequest<'_>) -> Result<Artifact, BuildError> {
         .stderr(Stdio::piped());
     let command = format!("cargo build --release --manifest-path {}", cfg.package_dir.join("Cargo.toml").display());
     tracing::info!(group = %group, %command, "building");
-    let mut child = cmd.spawn().map_err(|source| BuildError::Spawn { group: group.clone(), command: command.clone(), source })?;
+    let mut child =
+        cmd.spawn().map_err(|source| BuildError::Spawn { group: group.clone(), command: command.clone(), source })?;
 
     // Read stderr on its own thread: a chatty build could otherwise fill the pipe and deadlock
     // against our read of stdout.
@@ -134,7 +131,8 @@ pub fn build(req: &BuildRequest<'_>) -> Result<Artifact, BuildError> {
             executables.push(exe);
         }
     }
-    let status = child.wait().map_err(|source| BuildError::Spawn { group: group.clone(), command: command.clone(), source })?;
+    let status =
+        child.wait().map_err(|source| BuildError::Spawn { group: group.clone(), command: command.clone(), source })?;
     let stderr_tail = stderr_reader.join().unwrap_or_default();
     if !status.success() {
         return Err(BuildError::Command { group, command, status: status.to_string(), stderr_tail });
@@ -147,7 +145,12 @@ pub fn build(req: &BuildRequest<'_>) -> Result<Artifact, BuildError> {
             message: format!(
                 "the package has {} binaries ({}); choose one with build_config.bin",
                 executables.len(),
-                executables.iter().filter_map(|p| p.file_name()).map(|n| n.to_string_lossy()).collect::<Vec<_>>().join(", ")
+                executables
+                    .iter()
+                    .filter_map(|p| p.file_name())
+                    .map(|n| n.to_string_lossy())
+                    .collect::<Vec<_>>()
+                    .join(", ")
             ),
         }),
     }
@@ -172,7 +175,8 @@ mod tests {
 
     #[test]
     fn picks_bin_executables_only() {
-        let bin = r#"{"reason":"compiler-artifact","target":{"kind":["bin"],"name":"ping"},"executable":"/t/release/ping"}"#;
+        let bin =
+            r#"{"reason":"compiler-artifact","target":{"kind":["bin"],"name":"ping"},"executable":"/t/release/ping"}"#;
         let lib = r#"{"reason":"compiler-artifact","target":{"kind":["lib"],"name":"x"},"executable":null}"#;
         let build_script = r#"{"reason":"compiler-artifact","target":{"kind":["custom-build"]},"executable":null}"#;
         assert_eq!(executable_of(bin), Some(PathBuf::from("/t/release/ping")));

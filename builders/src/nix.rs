@@ -28,8 +28,8 @@ use sha2::{Digest, Sha256};
 
 use crate::BuildError;
 
-pub use setup::{setup, status, ImportStatus, SetupOptions, SetupReport, SetupStep};
 pub use rust::Generated;
+pub use setup::{setup, status, ImportStatus, SetupOptions, SetupReport, SetupStep};
 
 /// Resolve and derive a nix:* unit without building it (`tg-nix gen`).
 pub fn generate(req: &crate::BuildRequest<'_>) -> Result<Generated, BuildError> {
@@ -190,14 +190,16 @@ pub(crate) fn fixed_path_of(dir: &Path) -> Result<(String, String), BuildError> 
     let other = |e: String| BuildError::Io { path: dir.display().to_string(), source: std::io::Error::other(e) };
     let hash = NixHash::sha256(nar_sha256(dir).map_err(|e| other(e.to_string()))?);
     let name = dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    let path = make_fixed_output_path(FileIngestionMethod::Recursive, &hash, &name, std::iter::empty()).map_err(|e| other(e.to_string()))?;
+    let path = make_fixed_output_path(FileIngestionMethod::Recursive, &hash, &name, std::iter::empty())
+        .map_err(|e| other(e.to_string()))?;
     Ok((path.to_string(), hash.to_nixbase32()))
 }
 
 /// Adds DIR with `nix-store --add-fixed --recursive sha256` and checks that Nix put it where
 /// [`fixed_path_of`] said it would.
 pub(crate) fn add_recursive_at(dir: &Path, expected: &str, group: &str) -> Result<(), BuildError> {
-    let out = output(Command::new("nix-store").args(["--add-fixed", "--recursive", "sha256"]).arg(dir)).map_err(|f| f.for_group(group))?;
+    let out = output(Command::new("nix-store").args(["--add-fixed", "--recursive", "sha256"]).arg(dir))
+        .map_err(|f| f.for_group(group))?;
     let added = out.trim();
     if added != expected {
         return Err(BuildError::NoProgram {

@@ -40,14 +40,12 @@ mod validity;
 pub use aterm::AtermError;
 pub use derivation::{Derivation, DerivationError, Output};
 pub use hash::{
-    compress20, from_hex, nixbase32_decode, nixbase32_encode, nixbase32_len, sha256, to_hex,
-    FileIngestionMethod, HashAlgo, HashError, NixHash,
+    compress20, from_hex, nixbase32_decode, nixbase32_encode, nixbase32_len, sha256, to_hex, FileIngestionMethod,
+    HashAlgo, HashError, NixHash,
 };
-pub use nar::{
-    dump_path, nar_sha256, start as start_nar, Directory as NarDirectory, NarError, Node as NarNode,
-};
+pub use nar::{dump_path, nar_sha256, start as start_nar, Directory as NarDirectory, NarError, Node as NarNode};
 pub use path::{
-    make_fixed_output_path, make_output_path, make_store_path, make_text_path, output_path_name,
-    validate_name, StorePath, StorePathError, HASH_PART_LEN, MAX_NAME_LEN, STORE_DIR,
+    make_fixed_output_path, make_output_path, make_store_path, make_text_path, output_path_name, validate_name,
+    StorePath, StorePathError, HASH_PART_LEN, MAX_NAME_LEN, STORE_DIR,
 };
 pub use validity::{invalid_paths, invalid_paths_with};

@@ -19,22 +19,12 @@ use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
 use tg_nix_builders::store::{
-    dump_path, invalid_paths, make_fixed_output_path, make_text_path, nar_sha256, nixbase32_encode,
-    sha256, to_hex, Derivation, FileIngestionMethod, HashAlgo, NixHash, StorePath,
+    dump_path, invalid_paths, make_fixed_output_path, make_text_path, nar_sha256, nixbase32_encode, sha256, to_hex,
+    Derivation, FileIngestionMethod, HashAlgo, NixHash, StorePath,
 };
 
 /// The attributes of `drvs.nix`, instantiated one by one so each maps to one `.drv`.
-const ATTRS: &[&str] = &[
-    "vendor",
-    "vendorSha1",
-    "payload",
-    "payloadSha512",
-    "leaf",
-    "multi",
-    "escapes",
-    "mid",
-    "top",
-];
+const ATTRS: &[&str] = &["vendor", "vendorSha1", "payload", "payloadSha512", "leaf", "multi", "escapes", "mid", "top"];
 
 fn store_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/store")
@@ -78,37 +68,12 @@ struct Text {
 
 /// The `nix-store` commands whose results `Added` records: arguments, file, recursive?, algorithm.
 const ADDS: &[(&[&str], &str, bool, &str)] = &[
-    (
-        &["--add-fixed", "--recursive", "sha256"],
-        "vendor-tree",
-        true,
-        "sha256",
-    ),
+    (&["--add-fixed", "--recursive", "sha256"], "vendor-tree", true, "sha256"),
     (&["--add"], "vendor-tree", true, "sha256"), // must equal the line above
-    (
-        &["--add-fixed", "--recursive", "sha1"],
-        "vendor-tree",
-        true,
-        "sha1",
-    ),
-    (
-        &["--add-fixed", "sha256"],
-        "vendor-tree/payload.txt",
-        false,
-        "sha256",
-    ),
-    (
-        &["--add-fixed", "sha512"],
-        "vendor-tree/payload.txt",
-        false,
-        "sha512",
-    ),
-    (
-        &["--add-fixed", "--recursive", "sha256"],
-        "vendor-tree/payload.txt",
-        true,
-        "sha256",
-    ),
+    (&["--add-fixed", "--recursive", "sha1"], "vendor-tree", true, "sha1"),
+    (&["--add-fixed", "sha256"], "vendor-tree/payload.txt", false, "sha256"),
+    (&["--add-fixed", "sha512"], "vendor-tree/payload.txt", false, "sha512"),
+    (&["--add-fixed", "--recursive", "sha256"], "vendor-tree/payload.txt", true, "sha256"),
     (&["--add"], "vendor-tree/bin/run.sh", true, "sha256"),
 ];
 
@@ -120,10 +85,7 @@ struct Closure {
 
 impl Closure {
     /// Loads `roots` and everything they depend on through `read`.
-    fn load(
-        roots: impl IntoIterator<Item = StorePath>,
-        read: impl Fn(&StorePath) -> Vec<u8>,
-    ) -> Self {
+    fn load(roots: impl IntoIterator<Item = StorePath>, read: impl Fn(&StorePath) -> Vec<u8>) -> Self {
         let mut drvs = BTreeMap::new();
         let mut todo: Vec<StorePath> = roots.into_iter().collect();
         while let Some(p) = todo.pop() {
@@ -135,10 +97,7 @@ impl Closure {
             todo.extend(drv.input_drvs.keys().cloned());
             drvs.insert(p, (bytes, drv));
         }
-        let mut closure = Closure {
-            drvs,
-            modulo: HashMap::new(),
-        };
+        let mut closure = Closure { drvs, modulo: HashMap::new() };
         let paths: Vec<StorePath> = closure.drvs.keys().cloned().collect();
         for p in &paths {
             closure.modulo_hash(p);
@@ -155,10 +114,7 @@ impl Closure {
         for input in &inputs {
             self.modulo_hash(input);
         }
-        let h = self.drvs[p]
-            .1
-            .hash_derivation_modulo(|q| self.modulo.get(q).copied())
-            .unwrap();
+        let h = self.drvs[p].1.hash_derivation_modulo(|q| self.modulo.get(q).copied()).unwrap();
         self.modulo.insert(p.clone(), h);
         h
     }
@@ -168,10 +124,7 @@ impl Closure {
     fn check(&self) -> usize {
         let mut checked = 0;
         for (path, (bytes, drv)) in &self.drvs {
-            assert!(
-                drv.to_aterm() == *bytes,
-                "{path}: ATerm round trip is not byte-identical"
-            );
+            assert!(drv.to_aterm() == *bytes, "{path}: ATerm round trip is not byte-identical");
             assert_eq!(drv.drv_path().unwrap(), *path, ".drv path of {path}");
             // Forget every output path, in `outputs` and in the environment, then recompute.
             let mut fresh = drv.clone();
@@ -179,9 +132,7 @@ impl Closure {
                 o.path = None;
                 fresh.env.insert(name.clone(), b"stale".to_vec());
             }
-            fresh
-                .compute_output_paths(|q| self.modulo.get(q).copied())
-                .unwrap();
+            fresh.compute_output_paths(|q| self.modulo.get(q).copied()).unwrap();
             assert_eq!(fresh, *drv, "{path}: recomputed outputs differ");
             checked += 1 + drv.outputs.len();
         }
@@ -189,22 +140,14 @@ impl Closure {
     }
 
     fn output_paths(&self, drv: &StorePath) -> Vec<String> {
-        let mut outs: Vec<String> = self.drvs[drv]
-            .1
-            .outputs
-            .values()
-            .filter_map(|o| o.path.as_ref())
-            .map(ToString::to_string)
-            .collect();
+        let mut outs: Vec<String> =
+            self.drvs[drv].1.outputs.values().filter_map(|o| o.path.as_ref()).map(ToString::to_string).collect();
         outs.sort();
         outs
     }
 
     fn input_srcs(&self) -> BTreeSet<StorePath> {
-        self.drvs
-            .values()
-            .flat_map(|(_, d)| d.input_srcs.iter().cloned())
-            .collect()
+        self.drvs.values().flat_map(|(_, d)| d.input_srcs.iter().cloned()).collect()
     }
 }
 
@@ -217,11 +160,7 @@ fn algo(name: &str) -> HashAlgo {
 fn our_added_path(a: &Added) -> StorePath {
     let file = store_dir().join(&a.file);
     let name = file.file_name().unwrap().to_str().unwrap();
-    let method = if a.recursive {
-        FileIngestionMethod::Recursive
-    } else {
-        FileIngestionMethod::Flat
-    };
+    let method = if a.recursive { FileIngestionMethod::Recursive } else { FileIngestionMethod::Flat };
     let hash = match (a.recursive, algo(&a.algo)) {
         (true, HashAlgo::Sha256) => NixHash::sha256(nar_sha256(&file).unwrap()),
         (false, algo @ (HashAlgo::Sha256 | HashAlgo::Sha512)) => {
@@ -238,11 +177,7 @@ fn check_expected(expected: &Expected, closure: &Closure) -> usize {
     for (attr, drv) in &expected.attrs {
         let drv: StorePath = drv.parse().unwrap();
         assert!(closure.drvs.contains_key(&drv), "{attr}: {drv} not loaded");
-        assert_eq!(
-            closure.output_paths(&drv),
-            expected.outputs[&drv.to_string()],
-            "outputs of {attr}"
-        );
+        assert_eq!(closure.output_paths(&drv), expected.outputs[&drv.to_string()], "outputs of {attr}");
         checked += 1;
     }
     for a in &expected.added {
@@ -252,34 +187,19 @@ fn check_expected(expected: &Expected, closure: &Closure) -> usize {
     for t in &expected.text {
         let path: StorePath = t.path.parse().unwrap();
         let refs: Vec<StorePath> = t.references.iter().map(|r| r.parse().unwrap()).collect();
-        assert_eq!(
-            make_text_path(path.name(), &sha256(t.content.as_bytes()), &refs).unwrap(),
-            path,
-            "text {t:?}"
-        );
+        assert_eq!(make_text_path(path.name(), &sha256(t.content.as_bytes()), &refs).unwrap(), path, "text {t:?}");
         checked += 1;
     }
     for (path, file) in &expected.sources {
         let path: StorePath = path.parse().unwrap();
         let nar = NixHash::sha256(nar_sha256(&store_dir().join(file)).unwrap());
-        assert_eq!(
-            make_fixed_output_path(FileIngestionMethod::Recursive, &nar, path.name(), []).unwrap(),
-            path
-        );
+        assert_eq!(make_fixed_output_path(FileIngestionMethod::Recursive, &nar, path.name(), []).unwrap(), path);
         checked += 1;
     }
     // Every input source of the golden derivations is accounted for.
-    let known: BTreeSet<String> = expected
-        .text
-        .iter()
-        .map(|t| t.path.clone())
-        .chain(expected.sources.keys().cloned())
-        .collect();
-    let srcs: BTreeSet<String> = closure
-        .input_srcs()
-        .iter()
-        .map(ToString::to_string)
-        .collect();
+    let known: BTreeSet<String> =
+        expected.text.iter().map(|t| t.path.clone()).chain(expected.sources.keys().cloned()).collect();
+    let srcs: BTreeSet<String> = closure.input_srcs().iter().map(ToString::to_string).collect();
     assert_eq!(srcs, known);
     // The fixed-output derivations produce exactly the paths `nix-store --add-fixed` gave for the
     // same content and name (the recursive sha256 one also equals `nix-store --add`).
@@ -287,28 +207,20 @@ fn check_expected(expected: &Expected, closure: &Closure) -> usize {
     for attr in ["vendor", "vendorSha1", "payload", "payloadSha512"] {
         let drv: StorePath = expected.attrs[attr].parse().unwrap();
         let out = closure.drvs[&drv].1.output_path("out").unwrap().to_string();
-        assert!(
-            added.contains(out.as_str()),
-            "{attr}: FOD output {out} is not among the added paths"
-        );
+        assert!(added.contains(out.as_str()), "{attr}: FOD output {out} is not among the added paths");
     }
     checked
 }
 
 fn read_expected() -> Expected {
-    let text =
-        fs::read_to_string(store_dir().join("expected.json")).expect("tests/store/expected.json");
+    let text = fs::read_to_string(store_dir().join("expected.json")).expect("tests/store/expected.json");
     serde_json::from_str(&text).unwrap()
 }
 
 fn fixture_closure(expected: &Expected) -> Closure {
-    let roots = expected
-        .attrs
-        .values()
-        .map(|p| p.parse::<StorePath>().unwrap());
+    let roots = expected.attrs.values().map(|p| p.parse::<StorePath>().unwrap());
     Closure::load(roots, |p| {
-        fs::read(store_dir().join("drv").join(p.base_name()))
-            .unwrap_or_else(|e| panic!("fixture for {p}: {e}"))
+        fs::read(store_dir().join("drv").join(p.base_name())).unwrap_or_else(|e| panic!("fixture for {p}: {e}"))
     })
 }
 
@@ -316,17 +228,9 @@ fn fixture_closure(expected: &Expected) -> Closure {
 fn fixtures_match_recorded_nix_output() {
     let expected = read_expected();
     let closure = fixture_closure(&expected);
-    assert_eq!(
-        closure.drvs.len(),
-        ATTRS.len(),
-        "every fixture .drv is reachable from an attribute"
-    );
+    assert_eq!(closure.drvs.len(), ATTRS.len(), "every fixture .drv is reachable from an attribute");
     let on_disk = fs::read_dir(store_dir().join("drv")).unwrap().count();
-    assert_eq!(
-        on_disk,
-        closure.drvs.len(),
-        "tests/store/drv holds exactly the golden closure"
-    );
+    assert_eq!(on_disk, closure.drvs.len(), "tests/store/drv holds exactly the golden closure");
     let checked = check_expected(&expected, &closure);
     assert!(checked >= 39, "only {checked} paths checked");
 }
@@ -339,24 +243,12 @@ fn fixture_drvs_exercise_escapes_and_multiple_outputs() {
     let escapes = drv("escapes");
     assert_eq!(escapes.env["newlines"], b"line1\nline2\r\nline3\n");
     assert_eq!(escapes.env["quotes"], b"double \" and single ' quotes");
-    assert_eq!(
-        escapes.env["backslashes"],
-        b"\\ \\\\ \\n (a backslash then n)"
-    );
-    assert!(
-        escapes.args.iter().any(|a| a.contains('\n'))
-            && escapes.args.contains(&"tab\there".to_string())
-    );
-    assert_eq!(
-        drv("multi").outputs.keys().collect::<Vec<_>>(),
-        ["dev", "lib", "out"]
-    );
+    assert_eq!(escapes.env["backslashes"], b"\\ \\\\ \\n (a backslash then n)");
+    assert!(escapes.args.iter().any(|a| a.contains('\n')) && escapes.args.contains(&"tab\there".to_string()));
+    assert_eq!(drv("multi").outputs.keys().collect::<Vec<_>>(), ["dev", "lib", "out"]);
     let top = drv("top");
     let multi: StorePath = expected.attrs["multi"].parse().unwrap();
-    assert_eq!(
-        top.input_drvs[&multi],
-        BTreeSet::from(["dev".to_string(), "lib".to_string()])
-    );
+    assert_eq!(top.input_drvs[&multi], BTreeSet::from(["dev".to_string(), "lib".to_string()]));
     assert_eq!(drv("vendor").outputs["out"].hash_algo, "r:sha256");
     assert_eq!(drv("payload").outputs["out"].hash_algo, "sha256");
 }
@@ -366,24 +258,12 @@ fn fixture_drvs_exercise_escapes_and_multiple_outputs() {
 /// Runs a command and returns its trimmed stdout, failing the test with its stderr otherwise.
 fn run(cmd: &mut Command) -> String {
     let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
-    assert!(
-        out.status.success(),
-        "{cmd:?} failed ({}):\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout)
-        .unwrap()
-        .trim_end()
-        .to_string()
+    assert!(out.status.success(), "{cmd:?} failed ({}):\n{}", out.status, String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap().trim_end().to_string()
 }
 
 fn nix_available() -> bool {
-    if Command::new("nix-instantiate")
-        .arg("--version")
-        .output()
-        .is_ok_and(|o| o.status.success())
-    {
+    if Command::new("nix-instantiate").arg("--version").output().is_ok_and(|o| o.status.success()) {
         return true;
     }
     if std::env::var("CI").as_deref() == Ok("true") {
@@ -403,10 +283,8 @@ fn nix_available() -> bool {
 /// `roots`.
 fn live_expected(roots: &Path) -> (Expected, Closure) {
     let dir = store_dir();
-    let mut expected = Expected {
-        nix_version: run(Command::new("nix-instantiate").arg("--version")),
-        ..Expected::default()
-    };
+    let mut expected =
+        Expected { nix_version: run(Command::new("nix-instantiate").arg("--version")), ..Expected::default() };
     for attr in ATTRS {
         let root = roots.join(format!("{attr}.drv"));
         run(Command::new("nix-instantiate")
@@ -416,10 +294,8 @@ fn live_expected(roots: &Path) -> (Expected, Closure) {
             .arg(dir.join("drvs.nix"))
             .args(["-A", attr]));
         let drv = fs::read_link(&root).unwrap().to_str().unwrap().to_string();
-        let mut outs: Vec<String> = run(Command::new("nix-store").args(["-q", "--outputs", &drv]))
-            .lines()
-            .map(String::from)
-            .collect();
+        let mut outs: Vec<String> =
+            run(Command::new("nix-store").args(["-q", "--outputs", &drv])).lines().map(String::from).collect();
         outs.sort();
         expected.outputs.insert(drv.clone(), outs);
         expected.attrs.insert(attr.to_string(), drv);
@@ -443,9 +319,8 @@ fn live_expected(roots: &Path) -> (Expected, Closure) {
             path: store_path,
         });
     }
-    let closure = Closure::load(expected.attrs.values().map(|p| p.parse().unwrap()), |p| {
-        fs::read(p.to_string()).unwrap()
-    });
+    let closure =
+        Closure::load(expected.attrs.values().map(|p| p.parse().unwrap()), |p| fs::read(p.to_string()).unwrap());
     for src in closure.input_srcs() {
         let s = src.to_string();
         if src.name() == "tg-src" {
@@ -453,11 +328,7 @@ fn live_expected(roots: &Path) -> (Expected, Closure) {
         } else {
             let references = run(Command::new("nix-store").args(["-q", "--references", &s]));
             let content = fs::read_to_string(&s).unwrap();
-            expected.text.push(Text {
-                path: s,
-                content,
-                references: references.lines().map(String::from).collect(),
-            });
+            expected.text.push(Text { path: s, content, references: references.lines().map(String::from).collect() });
         }
     }
     (expected, closure)
@@ -474,11 +345,7 @@ fn write_fixtures(expected: &Expected, closure: &Closure) {
     }
     let json = serde_json::to_string_pretty(expected).unwrap() + "\n";
     fs::write(store_dir().join("expected.json"), json).unwrap();
-    eprintln!(
-        "wrote {} .drv fixtures and expected.json under {}",
-        closure.drvs.len(),
-        store_dir().display()
-    );
+    eprintln!("wrote {} .drv fixtures and expected.json under {}", closure.drvs.len(), store_dir().display());
 }
 
 /// A tree with everything a NAR has to get right: bytewise entry order (uppercase first, UTF-8
@@ -488,28 +355,13 @@ fn nar_torture_tree(root: &Path) {
     use std::os::unix::ffi::OsStrExt;
     fs::create_dir_all(root.join("dir/empty-dir")).unwrap();
     fs::create_dir_all(root.join("B")).unwrap();
-    for (name, len) in [
-        ("a", 0usize),
-        ("a.b", 7),
-        ("a-b", 8),
-        ("a_b", 9),
-        ("ä", 16),
-        ("dir/x", 1),
-        ("B/z", 100_000),
-    ] {
+    for (name, len) in [("a", 0usize), ("a.b", 7), ("a-b", 8), ("a_b", 9), ("ä", 16), ("dir/x", 1), ("B/z", 100_000)] {
         fs::write(root.join(name), vec![b'x'; len]).unwrap();
     }
-    fs::write(
-        root.join(std::ffi::OsStr::from_bytes(b"latin1-\xe9")),
-        b"not utf-8 name",
-    )
-    .unwrap();
-    for (name, mode) in [
-        ("exec-owner", 0o700),
-        ("exec-group-only", 0o654),
-        ("exec-other-only", 0o645),
-        ("read-only", 0o400),
-    ] {
+    fs::write(root.join(std::ffi::OsStr::from_bytes(b"latin1-\xe9")), b"not utf-8 name").unwrap();
+    for (name, mode) in
+        [("exec-owner", 0o700), ("exec-group-only", 0o654), ("exec-other-only", 0o645), ("read-only", 0o400)]
+    {
         fs::write(root.join(name), name).unwrap();
         fs::set_permissions(root.join(name), fs::Permissions::from_mode(mode)).unwrap();
     }
@@ -531,69 +383,32 @@ fn live_nix_agrees() {
     // Our math against everything live Nix printed.
     let started = Instant::now();
     let checked = check_expected(&expected, &closure);
-    eprintln!(
-        "live Nix: {checked} paths agree ({:?} of Nix calls, {:?} to recompute)",
-        nix_time,
-        started.elapsed()
-    );
+    eprintln!("live Nix: {checked} paths agree ({:?} of Nix calls, {:?} to recompute)", nix_time, started.elapsed());
 
     if std::env::var("TG_NIX_UPDATE_FIXTURES").as_deref() == Ok("1") {
         write_fixtures(&expected, &closure);
     } else {
         // The committed fixtures are what this Nix produces today.
         let recorded = read_expected();
-        assert_eq!(
-            recorded.attrs, expected.attrs,
-            "fixtures are stale: rerun with TG_NIX_UPDATE_FIXTURES=1"
-        );
-        assert_eq!(
-            recorded,
-            Expected {
-                nix_version: recorded.nix_version.clone(),
-                ..expected
-            }
-        );
+        assert_eq!(recorded.attrs, expected.attrs, "fixtures are stale: rerun with TG_NIX_UPDATE_FIXTURES=1");
+        assert_eq!(recorded, Expected { nix_version: recorded.nix_version.clone(), ..expected });
         for (p, (bytes, _)) in &closure.drvs {
             let fixture = fs::read(store_dir().join("drv").join(p.base_name())).unwrap();
-            assert!(
-                fixture == *bytes,
-                "fixture {} differs from the store",
-                p.base_name()
-            );
+            assert!(fixture == *bytes, "fixture {} differs from the store", p.base_name());
         }
     }
 
     // NAR bytes and hashes against nix-store --dump and nix-hash, for a tree and a single file.
     let tree = tmp.path().join("nar-tree");
     nar_torture_tree(&tree);
-    for path in [
-        tree.clone(),
-        tree.join("exec-owner"),
-        tree.join("exec-other-only"),
-        tree.join("link-rel"),
-    ] {
-        let theirs = Command::new("nix-store")
-            .arg("--dump")
-            .arg(&path)
-            .output()
-            .unwrap();
+    for path in [tree.clone(), tree.join("exec-owner"), tree.join("exec-other-only"), tree.join("link-rel")] {
+        let theirs = Command::new("nix-store").arg("--dump").arg(&path).output().unwrap();
         assert!(theirs.status.success());
         let mut ours = Vec::new();
         dump_path(&path, &mut ours).unwrap();
-        assert!(
-            ours == theirs.stdout,
-            "NAR of {} differs from nix-store --dump",
-            path.display()
-        );
-        let nix_hash = run(Command::new("nix-hash")
-            .args(["--type", "sha256", "--base32"])
-            .arg(&path));
-        assert_eq!(
-            nixbase32_encode(&nar_sha256(&path).unwrap()),
-            nix_hash,
-            "{}",
-            path.display()
-        );
+        assert!(ours == theirs.stdout, "NAR of {} differs from nix-store --dump", path.display());
+        let nix_hash = run(Command::new("nix-hash").args(["--type", "sha256", "--base32"]).arg(&path));
+        assert_eq!(nixbase32_encode(&nar_sha256(&path).unwrap()), nix_hash, "{}", path.display());
     }
 
     // One nix-store call tells which computed paths the store lacks: the instantiated .drv files,
@@ -618,10 +433,7 @@ fn live_nix_agrees() {
         paths.len(),
         started.elapsed()
     );
-    assert_eq!(
-        invalid.iter().collect::<BTreeSet<_>>(),
-        want_invalid.iter().collect::<BTreeSet<_>>()
-    );
+    assert_eq!(invalid.iter().collect::<BTreeSet<_>>(), want_invalid.iter().collect::<BTreeSet<_>>());
 }
 
 #[test]
@@ -644,12 +456,7 @@ fn live_leading_period_names_and_nix_base32() {
     // nix-base32 of a few digests, against nix-hash --to-base32.
     for seed in [0u8, 1, 0x7f, 0xff] {
         let digest = sha256(&[seed; 3]);
-        let theirs = run(Command::new("nix-hash").args([
-            "--type",
-            "sha256",
-            "--to-base32",
-            &to_hex(&digest),
-        ]));
+        let theirs = run(Command::new("nix-hash").args(["--type", "sha256", "--to-base32", &to_hex(&digest)]));
         assert_eq!(nixbase32_encode(&digest), theirs);
     }
 }
@@ -669,18 +476,12 @@ fn time_output_paths_of_1000_derivations() {
         // Each depends on up to three earlier ones, as a build plan's crates would.
         for back in [1, 7, 31] {
             if let Some(input) = i.checked_sub(back).and_then(|j| drv_paths.get(j)) {
-                drv.input_drvs
-                    .insert(input.clone(), BTreeSet::from(["out".to_string()]));
+                drv.input_drvs.insert(input.clone(), BTreeSet::from(["out".to_string()]));
             }
         }
-        drv.compute_output_paths(|p| modulo.get(p).copied())
-            .unwrap();
+        drv.compute_output_paths(|p| modulo.get(p).copied()).unwrap();
         let drv_path = drv.drv_path().unwrap();
-        modulo.insert(
-            drv_path.clone(),
-            drv.hash_derivation_modulo(|p| modulo.get(p).copied())
-                .unwrap(),
-        );
+        modulo.insert(drv_path.clone(), drv.hash_derivation_modulo(|p| modulo.get(p).copied()).unwrap());
         drv_paths.push(drv_path);
     }
     let elapsed = started.elapsed();

@@ -83,9 +83,7 @@ pub enum Command {
         json: bool,
     },
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell) to stdout.
-    Completions {
-        shell: clap_complete::Shell,
-    },
+    Completions { shell: clap_complete::Shell },
 }
 
 #[derive(Debug, Args)]
@@ -154,7 +152,18 @@ mod tests {
     #[test]
     fn single_group_flags() {
         let cli = Cli::try_parse_from([
-            "tg-nix", "run", "--plan", "p", "--case", "ok", "--instances", "3", "--test-param", "a=b=c", "--timeout", "90s",
+            "tg-nix",
+            "run",
+            "--plan",
+            "p",
+            "--case",
+            "ok",
+            "--instances",
+            "3",
+            "--test-param",
+            "a=b=c",
+            "--timeout",
+            "90s",
         ])
         .unwrap();
         let Command::Run(run) = cli.command else { panic!("not run") };

@@ -18,7 +18,9 @@ fn check(name: &str, ok: bool, detail: impl Into<String>) -> Check {
 /// The first line of `program --version`, or why it could not run.
 fn version_of(program: &str, arg: &str) -> Result<String, String> {
     match Command::new(program).arg(arg).output() {
-        Ok(out) if out.status.success() => Ok(String::from_utf8_lossy(&out.stdout).lines().next().unwrap_or("").to_string()),
+        Ok(out) if out.status.success() => {
+            Ok(String::from_utf8_lossy(&out.stdout).lines().next().unwrap_or("").to_string())
+        }
         Ok(out) => Err(format!("`{program} {arg}` failed: {}", String::from_utf8_lossy(&out.stderr).trim())),
         Err(e) => Err(format!("not found ({e})")),
     }
@@ -63,7 +65,8 @@ pub async fn checks(home: &crate::home::Home) -> Vec<Check> {
             ));
             // What `tg-nix setup` imported for this home, and whether it is still in the store.
             let state_dir = home.state_dir();
-            let imports = tokio::task::spawn_blocking(move || tg_nix_builders::nix::status(&state_dir)).await.unwrap_or_default();
+            let imports =
+                tokio::task::spawn_blocking(move || tg_nix_builders::nix::status(&state_dir)).await.unwrap_or_default();
             for s in imports {
                 out.push(check(&s.name, s.ok, s.detail));
             }
@@ -71,14 +74,16 @@ pub async fn checks(home: &crate::home::Home) -> Vec<Check> {
         Err(e) => out.push(check("nix", false, format!("{e} (needed by the nix:* builders, not by exec:rust)"))),
     }
     let socket = std::env::var("DOCKER_HOST").unwrap_or_else(|_| "unix:///var/run/docker.sock".to_string());
-    let docker_ok = socket
-        .strip_prefix("unix://")
-        .map(|p| std::os::unix::net::UnixStream::connect(p).is_ok())
-        .unwrap_or(false);
+    let docker_ok =
+        socket.strip_prefix("unix://").map(|p| std::os::unix::net::UnixStream::connect(p).is_ok()).unwrap_or(false);
     out.push(check(
         "docker daemon",
         docker_ok,
-        if docker_ok { format!("{socket} answers") } else { format!("no daemon at {socket} (needed by local:docker, not by local:exec)") },
+        if docker_ok {
+            format!("{socket} answers")
+        } else {
+            format!("no daemon at {socket} (needed by local:docker, not by local:exec)")
+        },
     ));
     out
 }

@@ -52,7 +52,8 @@ pub fn run(composition: &Path, home: &Home, json: bool) -> Result<i32, CliError>
         ));
     };
     let default = dir.join("default.nix");
-    std::fs::write(&default, default_nix(composition, &groups)).map_err(|e| CliError::infra(format!("{}: {e}", default.display())))?;
+    std::fs::write(&default, default_nix(composition, &groups))
+        .map_err(|e| CliError::infra(format!("{}: {e}", default.display())))?;
     if json {
         let doc = serde_json::json!({
             "default": default,

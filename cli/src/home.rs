@@ -14,7 +14,9 @@ impl Home {
     /// `--home` / `TG_NIX_HOME`, else `$XDG_DATA_HOME/tg-nix`, else `~/.local/share/tg-nix`.
     pub fn locate(explicit: Option<PathBuf>) -> Home {
         let root = explicit
-            .or_else(|| std::env::var_os("XDG_DATA_HOME").filter(|v| !v.is_empty()).map(|d| PathBuf::from(d).join("tg-nix")))
+            .or_else(|| {
+                std::env::var_os("XDG_DATA_HOME").filter(|v| !v.is_empty()).map(|d| PathBuf::from(d).join("tg-nix"))
+            })
             .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/share/tg-nix")))
             .unwrap_or_else(|| PathBuf::from(".tg-nix"));
         // Paths handed to instances must not depend on the current directory.

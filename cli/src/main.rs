@@ -50,7 +50,8 @@ fn init_logging(verbose: u8) {
         1 => "info",
         _ => "debug",
     };
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
@@ -109,7 +110,9 @@ async fn dispatch(cli: Cli) -> i32 {
 /// then kills the instances (PDEATHSIG) and their namespaces go with them.
 async fn interrupts(cancel: CancellationToken) {
     use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut int), Ok(mut term)) = (signal(SignalKind::interrupt()), signal(SignalKind::terminate())) else { return };
+    let (Ok(mut int), Ok(mut term)) = (signal(SignalKind::interrupt()), signal(SignalKind::terminate())) else {
+        return;
+    };
     tokio::select! { _ = int.recv() => {}, _ = term.recv() => {} }
     eprintln!("interrupted: stopping instances (press Ctrl-C again to exit at once)");
     cancel.cancel();
@@ -168,9 +171,9 @@ fn describe(plan: &std::path::Path, json: bool) -> Result<i32, CliError> {
 
 async fn sync_service(listen: std::net::SocketAddr, max_message_size: usize) -> Result<i32, CliError> {
     tg_nix_sync::raise_fd_limit();
-    let listener = tokio::net::TcpListener::bind(listen)
-        .await
-        .map_err(|e| CliError::infra(format!("cannot listen on {listen}: {e}")).with_hint("choose another address with --listen"))?;
+    let listener = tokio::net::TcpListener::bind(listen).await.map_err(|e| {
+        CliError::infra(format!("cannot listen on {listen}: {e}")).with_hint("choose another address with --listen")
+    })?;
     let local = listener.local_addr().unwrap_or(listen);
     if !local.ip().is_loopback() {
         eprintln!("warning: the sync service has no authentication; {local} is reachable from other hosts");

@@ -16,7 +16,11 @@ pub struct BuildProgress {
 
 impl BuildProgress {
     pub fn new(group: &str) -> BuildProgress {
-        BuildProgress { prefix: format!("build  {group}: "), tty: std::io::stderr().is_terminal(), live: Mutex::new(false) }
+        BuildProgress {
+            prefix: format!("build  {group}: "),
+            tty: std::io::stderr().is_terminal(),
+            live: Mutex::new(false),
+        }
     }
 
     pub fn report(&self, p: Progress<'_>) {
@@ -31,8 +35,13 @@ impl BuildProgress {
                 let _ = writeln!(err, "{}{step}", self.prefix);
             }
             Progress::Log(line) if self.tty => {
-                let width = std::env::var("COLUMNS").ok().and_then(|c| c.parse::<usize>().ok()).unwrap_or(100).saturating_sub(1);
-                let text: String = format!("{}{}", self.prefix, line.trim()).chars().filter(|c| !c.is_control()).take(width).collect();
+                let width = std::env::var("COLUMNS")
+                    .ok()
+                    .and_then(|c| c.parse::<usize>().ok())
+                    .unwrap_or(100)
+                    .saturating_sub(1);
+                let text: String =
+                    format!("{}{}", self.prefix, line.trim()).chars().filter(|c| !c.is_control()).take(width).collect();
                 let _ = write!(err, "\r\x1b[2K{text}");
                 let _ = err.flush();
                 *live = true;

@@ -36,7 +36,13 @@ pub struct RunReport {
 }
 
 impl RunReport {
-    pub fn new(plan: &RunPlan, composition_run: &str, outcome: &RunOutcome, outputs_dir: &Path, cancelled: bool) -> RunReport {
+    pub fn new(
+        plan: &RunPlan,
+        composition_run: &str,
+        outcome: &RunOutcome,
+        outputs_dir: &Path,
+        cancelled: bool,
+    ) -> RunReport {
         let mut groups: BTreeMap<String, GroupSummary> = BTreeMap::new();
         for i in &outcome.instances {
             let g = groups.entry(i.group.clone()).or_insert(GroupSummary { ok: 0, total: 0 });
@@ -46,7 +52,13 @@ impl RunReport {
             }
         }
         let all_pass = !outcome.instances.is_empty() && outcome.instances.iter().all(|i| i.verdict.is_pass());
-        let outcome_word = if cancelled { "canceled" } else if all_pass { "success" } else { "failure" };
+        let outcome_word = if cancelled {
+            "canceled"
+        } else if all_pass {
+            "success"
+        } else {
+            "failure"
+        };
         RunReport {
             run_id: outcome.run_id.clone(),
             composition_run: composition_run.to_string(),
@@ -88,7 +100,15 @@ pub fn render_terminal(r: &RunReport) -> String {
         let _ = writeln!(out, "  {mark} {id:width$}  {}/{} passed  ({sync} success events over sync)", g.ok, g.total);
     }
     for i in r.instances.iter().filter(|i| !i.verdict.is_pass()) {
-        let _ = writeln!(out, "\n  FAIL {}[{}] ({}): {} — {}", i.group, i.group_index, i.hostname, i.verdict.label(), i.verdict.reason());
+        let _ = writeln!(
+            out,
+            "\n  FAIL {}[{}] ({}): {} — {}",
+            i.group,
+            i.group_index,
+            i.hostname,
+            i.verdict.label(),
+            i.verdict.reason()
+        );
         let _ = writeln!(out, "       outputs: {}", i.outputs_dir.display());
         if !i.stderr_tail.is_empty() {
             let _ = writeln!(out, "       stderr (last {} lines):", i.stderr_tail.len());
@@ -123,7 +143,8 @@ pub fn summary_line(r: &RunReport) -> String {
 }
 
 pub fn render_json(reports: &[RunReport]) -> String {
-    serde_json::to_string_pretty(&serde_json::json!({ "runs": reports })).unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"))
+    serde_json::to_string_pretty(&serde_json::json!({ "runs": reports }))
+        .unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"))
 }
 
 /// Keeps the report beside the outputs as result.json, so a run can be read back later.

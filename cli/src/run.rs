@@ -57,12 +57,18 @@ impl RunPlan {
                 };
                 (Composition::single(&single), std::env::current_dir().unwrap_or_default())
             }
-            (None, None) => return Err(CliError::input("nothing to run", "give a composition file, or --plan DIR --case NAME")),
+            (None, None) => {
+                return Err(CliError::input("nothing to run", "give a composition file, or --plan DIR --case NAME"))
+            }
         };
         let (plan_dir, prepared) = prepare(&composition, &base_dir, home)?;
         if !RUNNERS.contains(&prepared.runner.as_str()) {
             return Err(CliError::input(
-                format!("{}: global.runner: `{}` is not available in this version", composition.source.display(), prepared.runner),
+                format!(
+                    "{}: global.runner: `{}` is not available in this version",
+                    composition.source.display(),
+                    prepared.runner
+                ),
                 format!("use one of: {}", RUNNERS.join(", ")),
             ));
         }
@@ -98,7 +104,12 @@ pub fn prepare(composition: &Composition, base_dir: &Path, home: &Home) -> Resul
     for unit in &prepared.builds {
         if !BUILDERS.contains(&unit.builder.as_str()) {
             return Err(CliError::input(
-                format!("{}: group `{}`: builder `{}` is not available in this version", composition.source.display(), unit.group_id, unit.builder),
+                format!(
+                    "{}: group `{}`: builder `{}` is not available in this version",
+                    composition.source.display(),
+                    unit.group_id,
+                    unit.builder
+                ),
                 format!("use one of: {}", BUILDERS.join(", ")),
             ));
         }
@@ -284,12 +295,14 @@ async fn print_progress(mut rx: mpsc::UnboundedReceiver<RunEvent>) {
 /// A run id in the shape of Testground's (xid: 20 characters of base32hex): 4 bytes of time then
 /// 8 random bytes, so ids sort by start time.
 pub fn new_run_id() -> String {
-    let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0) as u32;
+    let secs =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0) as u32;
     let mut bytes = [0u8; 12];
     bytes[..4].copy_from_slice(&secs.to_be_bytes());
     let mut random = [0u8; 8];
     if std::fs::File::open("/dev/urandom").and_then(|mut f| std::io::Read::read_exact(&mut f, &mut random)).is_err() {
-        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
+        let nanos =
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
         random = ((nanos as u64) ^ u64::from(std::process::id())).to_be_bytes();
     }
     bytes[4..].copy_from_slice(&random);

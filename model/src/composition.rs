@@ -254,7 +254,12 @@ static INSTANCES: Schema = Schema {
 
 static RUN: Schema = Schema {
     what: "[[runs]]",
-    keys: &[("id", Rule::Known), ("total_instances", Rule::Known), ("test_params", Rule::Known), ("groups", Rule::Known)],
+    keys: &[
+        ("id", Rule::Known),
+        ("total_instances", Rule::Known),
+        ("test_params", Rule::Known),
+        ("groups", Rule::Known),
+    ],
     elsewhere: &[
         ("profiles", "`profiles` belongs in each [[runs.groups]] entry"),
         ("group", "run groups are an array of tables: [[runs.groups]]"),
@@ -384,7 +389,11 @@ fn build(r: &mut Reader<'_>, parent: &Table, parent_path: &KeyPath) -> Result<Bu
         }
         if dependencies.iter().any(|e| e.module == module) {
             return Err(r
-                .err(ErrorKind::Invalid, &dpath.key("module"), format!("module `{module}` is rewritten twice in this list"))
+                .err(
+                    ErrorKind::Invalid,
+                    &dpath.key("module"),
+                    format!("module `{module}` is rewritten twice in this list"),
+                )
                 .hint("keep one entry per module"));
         }
         dependencies.push(Dependency { module, version, target });
@@ -560,11 +569,17 @@ cpu = "1s"
         let c = Composition::from_str(FULL, Path::new("c.toml")).expect("parses");
         assert_eq!(c.metadata.get("author").and_then(Value::as_str), Some("someone"));
         let g = &c.global;
-        assert_eq!((g.plan.as_str(), g.case.as_str(), g.builder.as_str(), g.runner.as_str()), ("ping", "ping", "docker:go", "local:docker"));
+        assert_eq!(
+            (g.plan.as_str(), g.case.as_str(), g.builder.as_str(), g.runner.as_str()),
+            ("ping", "ping", "docker:go", "local:docker")
+        );
         assert_eq!((g.total_instances, g.concurrent_builds, g.disable_metrics), (Some(4), Some(1), true));
         assert_eq!(g.build_config.get("path").and_then(Value::as_str), Some("./go/"));
         assert_eq!(g.build.selectors, ["v0.22"]);
-        assert_eq!(g.build.dependencies, [Dependency { module: "github.com/libp2p/go-libp2p".into(), version: "v0.22.0".into(), target: None }]);
+        assert_eq!(
+            g.build.dependencies,
+            [Dependency { module: "github.com/libp2p/go-libp2p".into(), version: "v0.22.0".into(), target: None }]
+        );
         assert_eq!(g.run_config.get("keep_containers").and_then(Value::as_bool), Some(true));
         assert_eq!(g.run.artifact, None, "empty artifact means none");
         // A number in test_params is encoded like a manifest default.
@@ -632,7 +647,8 @@ cpu = "1s"
             ("[[groups]]\nid = \"a\"\n[groups.run.test_params]\npeer.count = 1\n", ErrorKind::WrongType, "groups[0].run.test_params.peer", Some(4), "quote keys"),
         ];
         for (text, kind, key, line, needle) in cases {
-            let err = Composition::from_str(text, Path::new("c.toml")).err().unwrap_or_else(|| panic!("accepted:\n{text}"));
+            let err =
+                Composition::from_str(text, Path::new("c.toml")).err().unwrap_or_else(|| panic!("accepted:\n{text}"));
             assert_eq!(err.kind, *kind, "{text}\n{err}");
             assert_eq!(err.key.as_deref(), Some(*key), "{text}\n{err}");
             assert_eq!(err.line, *line, "{text}\n{err}");

@@ -268,7 +268,11 @@ impl<'a> Reader<'a> {
             if paths.len() > 1 {
                 let others: Vec<String> = paths[1..].iter().take(5).map(|p| p.to_string()).collect();
                 let more = paths.len().saturating_sub(6);
-                message.push_str(&format!(" (also at {}{})", others.join(", "), if more > 0 { format!(" and {more} more") } else { String::new() }));
+                message.push_str(&format!(
+                    " (also at {}{})",
+                    others.join(", "),
+                    if more > 0 { format!(" and {more} more") } else { String::new() }
+                ));
             }
             self.warnings.push(Warning {
                 file: self.file.to_path_buf(),
@@ -307,7 +311,8 @@ impl<'a> Reader<'a> {
         } else {
             format!("the keys of {} are: {}", schema.what, known.join(", "))
         };
-        self.err(ErrorKind::UnknownKey, &here, format!("unknown key `{}` in {}", quote_key(key), schema.what)).hint(hint)
+        self.err(ErrorKind::UnknownKey, &here, format!("unknown key `{}` in {}", quote_key(key), schema.what))
+            .hint(hint)
     }
 
     fn wrong_type(&self, path: &KeyPath, want: &str, got: &Value) -> ModelError {
@@ -358,7 +363,12 @@ impl<'a> Reader<'a> {
     }
 
     /// An array of tables (`[[groups]]`), each with its own path.
-    pub(crate) fn tables<'t>(&self, t: &'t Table, path: &KeyPath, key: &str) -> Result<Vec<(KeyPath, &'t Table)>, ModelError> {
+    pub(crate) fn tables<'t>(
+        &self,
+        t: &'t Table,
+        path: &KeyPath,
+        key: &str,
+    ) -> Result<Vec<(KeyPath, &'t Table)>, ModelError> {
         let here = path.key(key);
         match t.get(key) {
             None => Ok(Vec::new()),
@@ -393,7 +403,12 @@ impl<'a> Reader<'a> {
     /// A `k = "v"` map such as `test_params` or `profiles`. Testground's maps are string-only;
     /// tg-nix also takes numbers, booleans and arrays and encodes them as manifest defaults are
     /// encoded ([`param_default_string`]), so `iterations = 5` means `"5"`.
-    pub(crate) fn string_map(&self, t: &Table, path: &KeyPath, key: &str) -> Result<BTreeMap<String, String>, ModelError> {
+    pub(crate) fn string_map(
+        &self,
+        t: &Table,
+        path: &KeyPath,
+        key: &str,
+    ) -> Result<BTreeMap<String, String>, ModelError> {
         let Some(map) = self.table(t, path, key)? else { return Ok(BTreeMap::new()) };
         let here = path.key(key);
         let mut out = BTreeMap::new();

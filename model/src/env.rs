@@ -91,18 +91,28 @@ impl InstanceEnv {
         if self.group_instance_count == 0 || self.group_instance_count > self.instance_count {
             return Err(invalid(
                 "TEST_GROUP_INSTANCE_COUNT",
-                format!("{} is not between 1 and the run's {} instances", self.group_instance_count, self.instance_count),
+                format!(
+                    "{} is not between 1 and the run's {} instances",
+                    self.group_instance_count, self.instance_count
+                ),
             ));
         }
         if !is_cidr(&self.subnet) {
-            return Err(invalid("TEST_SUBNET", format!("{:?} is not a CIDR such as 16.0.0.0/16 (the Rust SDK requires one)", self.subnet)));
+            return Err(invalid(
+                "TEST_SUBNET",
+                format!("{:?} is not a CIDR such as 16.0.0.0/16 (the Rust SDK requires one)", self.subnet),
+            ));
         }
         if self.hostname.is_empty() || self.hostname.chars().any(|c| c.is_control() || c.is_whitespace()) {
-            return Err(invalid("HOSTNAME", format!("{:?} is not a usable hostname (the Rust SDK requires one)", self.hostname)));
+            return Err(invalid(
+                "HOSTNAME",
+                format!("{:?} is not a usable hostname (the Rust SDK requires one)", self.hostname),
+            ));
         }
         let start = rfc3339_utc(self.start_time)
             .ok_or_else(|| invalid("TEST_START_TIME", "the start time is before 1970 or after 9999"))?;
-        let params = pack_params(&self.params).map_err(|e| ModelError { key: Some("TEST_INSTANCE_PARAMS".into()), ..e })?;
+        let params =
+            pack_params(&self.params).map_err(|e| ModelError { key: Some("TEST_INSTANCE_PARAMS".into()), ..e })?;
         let profiles = pack_params(&self.capture_profiles).map_err(|e| ModelError {
             key: Some("TEST_CAPTURE_PROFILES".into()),
             message: e.message.replacen("test param", "profile", 1),
@@ -289,7 +299,10 @@ mod tests {
             (InstanceEnv { hostname: String::new(), ..sample() }, "HOSTNAME"),
             (InstanceEnv { start_time: UNIX_EPOCH - Duration::from_secs(1), ..sample() }, "TEST_START_TIME"),
             (InstanceEnv { params: [("k".to_string(), "a|b".to_string())].into(), ..sample() }, "TEST_INSTANCE_PARAMS"),
-            (InstanceEnv { capture_profiles: [("cpu".to_string(), "\n".to_string())].into(), ..sample() }, "TEST_CAPTURE_PROFILES"),
+            (
+                InstanceEnv { capture_profiles: [("cpu".to_string(), "\n".to_string())].into(), ..sample() },
+                "TEST_CAPTURE_PROFILES",
+            ),
             (InstanceEnv { plan: "p\0".into(), ..sample() }, "TEST_PLAN"),
             (InstanceEnv { outputs_path: bad_path, ..sample() }, "TEST_OUTPUTS_PATH"),
         ];

@@ -138,7 +138,13 @@ mod tests {
         for (err, want) in cases {
             assert_eq!(err.to_string(), want);
         }
-        let w = Warning { file: "m.toml".into(), key: Some("defaults".into()), line: Some(2), message: "ignored".into(), hint: None };
+        let w = Warning {
+            file: "m.toml".into(),
+            key: Some("defaults".into()),
+            line: Some(2),
+            message: "ignored".into(),
+            hint: None,
+        };
         assert_eq!(w.to_string(), "m.toml:2: defaults: ignored");
     }
 }

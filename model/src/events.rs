@@ -109,8 +109,12 @@ impl Event {
             Event::Message { message } => json!({ "message": message }),
             Event::Success { group } => json!({ "group": group }),
             Event::Failure { group, error } => json!({ "group": group, "error": error }),
-            Event::Crash { group, error, stacktrace } => json!({ "group": group, "error": error, "stacktrace": stacktrace }),
-            Event::StageStart { name, group } | Event::StageEnd { name, group } => json!({ "name": name, "group": group }),
+            Event::Crash { group, error, stacktrace } => {
+                json!({ "group": group, "error": error, "stacktrace": stacktrace })
+            }
+            Event::StageStart { name, group } | Event::StageEnd { name, group } => {
+                json!({ "name": name, "group": group })
+            }
         };
         let mut obj = Map::new();
         obj.insert(self.tag().to_string(), body);
@@ -162,7 +166,10 @@ mod tests {
                 r#"{"ts":1,"msg":"","group_id":"g","run_id":"r","event":{"message_event":{"message":"hello"}}}"#,
                 Some(Event::Message { message: s("hello") }),
             ),
-            (r#"{"ts":1,"msg":"","group_id":"g","run_id":"r","event":{"start_event":{"runenv":{"plan":"p"}}}}"#, Some(Event::Start)),
+            (
+                r#"{"ts":1,"msg":"","group_id":"g","run_id":"r","event":{"start_event":{"runenv":{"plan":"p"}}}}"#,
+                Some(Event::Start),
+            ),
             // RS 0.4.0, from the captured run (reference §2.6).
             (
                 r#"{"ts":1700000000000000000,"event":{"stage_start_event":{"name":"network-initialized","group":"single"}}}"#,
@@ -176,7 +183,10 @@ mod tests {
                 r#"{"event":{"message_event":{"message":"claimed sequence numbers; global=1, group(single)=1"}}}"#,
                 Some(Event::Message { message: s("claimed sequence numbers; global=1, group(single)=1") }),
             ),
-            (r#"{"ts":1700000000000000002,"event":{"success_event":{"group":"single"}}}"#, Some(Event::Success { group: s("single") })),
+            (
+                r#"{"ts":1700000000000000002,"event":{"success_event":{"group":"single"}}}"#,
+                Some(Event::Success { group: s("single") }),
+            ),
             // RS crash with the `groups` typo.
             (
                 r#"{"ts":1,"event":{"crash_event":{"groups":"single","error":"oops","stacktrace":"bt"}}}"#,

@@ -100,7 +100,8 @@ impl Rng {
 
 #[test]
 fn mutated_valid_files() {
-    const ALPHABET: &[char] = &['[', ']', '{', '}', '"', '=', '.', ',', '\n', '#', '0', '-', 'a', '\'', '\\', ' ', '\0', 'é'];
+    const ALPHABET: &[char] =
+        &['[', ']', '{', '}', '"', '=', '.', ',', '\n', '#', '0', '-', 'a', '\'', '\\', ' ', '\0', 'é'];
     let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
     for seed in [PING, PLACEBO, FULL] {
         for _ in 0..300 {

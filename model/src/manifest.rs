@@ -73,10 +73,8 @@ static EXTRA_SOURCES: Ignored = Ignored {
     message: "[extra_sources] is not shipped to builds by tg-nix",
     hint: Some("keep what the build needs inside the plan directory"),
 };
-pub(crate) static DOCKERFILE_EXTENSIONS: Ignored = Ignored {
-    message: "`dockerfile_extensions` is ignored: tg-nix builders generate no Dockerfile",
-    hint: None,
-};
+pub(crate) static DOCKERFILE_EXTENSIONS: Ignored =
+    Ignored { message: "`dockerfile_extensions` is ignored: tg-nix builders generate no Dockerfile", hint: None };
 
 static MANIFEST: Schema = Schema {
     what: "the manifest",
@@ -111,7 +109,10 @@ static BOUNDS: Schema = Schema {
     what: "instances",
     keys: &[("min", Rule::Known), ("max", Rule::Known), ("default", Rule::Known)],
     elsewhere: &[
-        ("count", "a manifest bounds the instance count: `instances = { min = …, max = … }`; counts go in the composition"),
+        (
+            "count",
+            "a manifest bounds the instance count: `instances = { min = …, max = … }`; counts go in the composition",
+        ),
         ("minimum", "write `min`"),
         ("maximum", "write `max`"),
     ],
@@ -152,7 +153,9 @@ impl Manifest {
         if let Some(problem) = dir_name_problem(&plan) {
             return Err(r
                 .err(ErrorKind::Invalid, &root.key("name"), format!("plan name {name:?} cannot be used: {problem}"))
-                .hint("the name (with `/` replaced by `-`) names the outputs directory: use letters, digits, `-`, `_`"));
+                .hint(
+                    "the name (with `/` replaced by `-`) names the outputs directory: use letters, digits, `-`, `_`",
+                ));
         }
 
         let builders = config_tables(&mut r, t, &root, "builders")?;
@@ -207,7 +210,12 @@ impl Manifest {
 /// `[builders.X]` / `[runners.X]`: free-form tables. `enabled` was never read by Testground
 /// ("supported means a table exists"), so it is dropped; `enabled = false` gets a warning because
 /// it does not do what it says.
-fn config_tables(r: &mut Reader<'_>, t: &Table, root: &KeyPath, key: &str) -> Result<BTreeMap<String, Table>, ModelError> {
+fn config_tables(
+    r: &mut Reader<'_>,
+    t: &Table,
+    root: &KeyPath,
+    key: &str,
+) -> Result<BTreeMap<String, Table>, ModelError> {
     let mut out = BTreeMap::new();
     let Some(all) = r.table(t, root, key)? else { return Ok(out) };
     let path = root.key(key);
@@ -249,7 +257,8 @@ fn test_case(r: &mut Reader<'_>, t: &Table, path: &KeyPath) -> Result<TestCase, 
     }
     let bounds_hint = "write `instances = { min = 1, max = 10 }`";
     let bounds = r.table(t, path, "instances")?.ok_or_else(|| {
-        r.err(ErrorKind::Missing, &path.key("instances"), format!("test case `{name}` has no instance bounds")).hint(bounds_hint)
+        r.err(ErrorKind::Missing, &path.key("instances"), format!("test case `{name}` has no instance bounds"))
+            .hint(bounds_hint)
     })?;
     let ipath = path.key("instances");
     r.check_keys(bounds, &ipath, &BOUNDS)?;
@@ -258,12 +267,20 @@ fn test_case(r: &mut Reader<'_>, t: &Table, path: &KeyPath) -> Result<TestCase, 
     let (Some(min), Some(max)) = (min, max) else {
         let missing = if min.is_none() { "min" } else { "max" };
         return Err(r
-            .err(ErrorKind::Missing, &ipath.key(missing), format!("test case `{name}` has no `{missing}` instance count"))
+            .err(
+                ErrorKind::Missing,
+                &ipath.key(missing),
+                format!("test case `{name}` has no `{missing}` instance count"),
+            )
             .hint(bounds_hint));
     };
     if min > max || max == 0 {
         return Err(r
-            .err(ErrorKind::Invalid, &ipath, format!("test case `{name}`: no instance count fits min = {min}, max = {max}"))
+            .err(
+                ErrorKind::Invalid,
+                &ipath,
+                format!("test case `{name}`: no instance count fits min = {min}, max = {max}"),
+            )
             .hint("`max` must be at least 1 and at least `min`"));
     }
     let default = r.u64(bounds, &ipath, "default")?;
@@ -274,11 +291,17 @@ fn test_case(r: &mut Reader<'_>, t: &Table, path: &KeyPath) -> Result<TestCase, 
         for (pname, spec) in specs {
             let here = ppath.key(pname);
             if let Err(problem) = check_param(pname, "") {
-                return Err(r.err(ErrorKind::Invalid, &here, format!("parameter name {}: {problem}", doc::quote_key(pname))).hint(problem.hint()));
+                return Err(r
+                    .err(ErrorKind::Invalid, &here, format!("parameter name {}: {problem}", doc::quote_key(pname)))
+                    .hint(problem.hint()));
             }
             let Value::Table(spec) = spec else {
                 return Err(r
-                    .err(ErrorKind::WrongType, &here, format!("expected a parameter table, found {}", doc::type_name(spec)))
+                    .err(
+                        ErrorKind::WrongType,
+                        &here,
+                        format!("expected a parameter table, found {}", doc::type_name(spec)),
+                    )
                     .hint(format!("write `{} = {{ type = \"…\", default = … }}`", doc::quote_key(pname))));
             };
             r.check_keys(spec, &here, &PARAM)?;
@@ -286,7 +309,11 @@ fn test_case(r: &mut Reader<'_>, t: &Table, path: &KeyPath) -> Result<TestCase, 
                 None => None,
                 Some(Value::Array(items)) => Some(items.clone()),
                 Some(v) => {
-                    return Err(r.err(ErrorKind::WrongType, &here.key("values"), format!("expected an array, found {}", doc::type_name(v))))
+                    return Err(r.err(
+                        ErrorKind::WrongType,
+                        &here.key("values"),
+                        format!("expected an array, found {}", doc::type_name(v)),
+                    ))
                 }
             };
             params.insert(
@@ -461,24 +488,109 @@ instances = { min = 2, max = 10000, default = 5 }
             ("name = \".hidden\"".into(), ErrorKind::Invalid, "name", Some(1), "starts with `.`"),
             ("name = \"p\"\nnmae = 1".into(), ErrorKind::UnknownKey, "nmae", Some(2), "did you mean `name`?"),
             ("Name = \"p\"".into(), ErrorKind::UnknownKey, "Name", Some(1), "case-sensitive"),
-            ("name = \"p\"\n[builders]\n\"exec:go\" = true".into(), ErrorKind::WrongType, "builders.\"exec:go\"", Some(3), "expected a table"),
-            (format!("name = \"p\"\n{case}instnaces = 3\n"), ErrorKind::UnknownKey, "testcases[0].instnaces", Some(5), "did you mean `instances`?"),
-            (format!("name = \"p\"\n{case}min = 3\n"), ErrorKind::UnknownKey, "testcases[0].min", Some(5), "instances = { min"),
+            (
+                "name = \"p\"\n[builders]\n\"exec:go\" = true".into(),
+                ErrorKind::WrongType,
+                "builders.\"exec:go\"",
+                Some(3),
+                "expected a table",
+            ),
+            (
+                format!("name = \"p\"\n{case}instnaces = 3\n"),
+                ErrorKind::UnknownKey,
+                "testcases[0].instnaces",
+                Some(5),
+                "did you mean `instances`?",
+            ),
+            (
+                format!("name = \"p\"\n{case}min = 3\n"),
+                ErrorKind::UnknownKey,
+                "testcases[0].min",
+                Some(5),
+                "instances = { min",
+            ),
             (format!("name = \"p\"\n{case}{case}"), ErrorKind::Invalid, "testcases[1].name", Some(6), "declared twice"),
-            ("name = \"p\"\n[[testcases]]\ninstances = { min = 1, max = 2 }\n".into(), ErrorKind::Missing, "testcases[0].name", Some(2), "needs a name"),
-            ("name = \"p\"\n[[testcases]]\nname = \"c\"\n".into(), ErrorKind::Missing, "testcases[0].instances", Some(2), "min = 1, max = 10"),
-            ("name = \"p\"\n[[testcases]]\nname = \"c\"\ninstances = { min = 1 }\n".into(), ErrorKind::Missing, "testcases[0].instances.max", Some(4), "`max`"),
-            ("name = \"p\"\n[[testcases]]\nname = \"c\"\ninstances = { min = 3, max = 2 }\n".into(), ErrorKind::Invalid, "testcases[0].instances", Some(4), "min = 3, max = 2"),
-            ("name = \"p\"\n[[testcases]]\nname = \"c\"\ninstances = { min = -1, max = 2 }\n".into(), ErrorKind::Invalid, "testcases[0].instances.min", Some(4), "negative"),
-            ("name = \"p\"\n[[testcases]]\nname = \"c\"\ninstances = { min = 1, max = \"2\" }\n".into(), ErrorKind::WrongType, "testcases[0].instances.max", Some(4), "a whole number"),
-            (format!("name = \"p\"\n{case}[testcases.params]\nn = 5\n"), ErrorKind::WrongType, "testcases[0].params.n", Some(6), "n = { type"),
-            (format!("name = \"p\"\n{case}[testcases.params]\n\"a=b\" = {{ default = 1 }}\n"), ErrorKind::Invalid, "testcases[0].params.\"a=b\"", Some(6), "contains `=`"),
-            (format!("name = \"p\"\n{case}[testcases.params]\nn = {{ description = \"x\" }}\n"), ErrorKind::UnknownKey, "testcases[0].params.n.description", Some(6), "write `desc`"),
-            (format!("name = \"p\"\n{case}[testcases.params]\nn = {{ type = 1 }}\n"), ErrorKind::WrongType, "testcases[0].params.n.type", Some(6), "expected a string"),
-            ("name = \"p\"\n[[testcase]]\nname = \"c\"\n".into(), ErrorKind::UnknownKey, "testcase", Some(2), "[[testcases]]"),
+            (
+                "name = \"p\"\n[[testcases]]\ninstances = { min = 1, max = 2 }\n".into(),
+                ErrorKind::Missing,
+                "testcases[0].name",
+                Some(2),
+                "needs a name",
+            ),
+            (
+                "name = \"p\"\n[[testcases]]\nname = \"c\"\n".into(),
+                ErrorKind::Missing,
+                "testcases[0].instances",
+                Some(2),
+                "min = 1, max = 10",
+            ),
+            (
+                "name = \"p\"\n[[testcases]]\nname = \"c\"\ninstances = { min = 1 }\n".into(),
+                ErrorKind::Missing,
+                "testcases[0].instances.max",
+                Some(4),
+                "`max`",
+            ),
+            (
+                "name = \"p\"\n[[testcases]]\nname = \"c\"\ninstances = { min = 3, max = 2 }\n".into(),
+                ErrorKind::Invalid,
+                "testcases[0].instances",
+                Some(4),
+                "min = 3, max = 2",
+            ),
+            (
+                "name = \"p\"\n[[testcases]]\nname = \"c\"\ninstances = { min = -1, max = 2 }\n".into(),
+                ErrorKind::Invalid,
+                "testcases[0].instances.min",
+                Some(4),
+                "negative",
+            ),
+            (
+                "name = \"p\"\n[[testcases]]\nname = \"c\"\ninstances = { min = 1, max = \"2\" }\n".into(),
+                ErrorKind::WrongType,
+                "testcases[0].instances.max",
+                Some(4),
+                "a whole number",
+            ),
+            (
+                format!("name = \"p\"\n{case}[testcases.params]\nn = 5\n"),
+                ErrorKind::WrongType,
+                "testcases[0].params.n",
+                Some(6),
+                "n = { type",
+            ),
+            (
+                format!("name = \"p\"\n{case}[testcases.params]\n\"a=b\" = {{ default = 1 }}\n"),
+                ErrorKind::Invalid,
+                "testcases[0].params.\"a=b\"",
+                Some(6),
+                "contains `=`",
+            ),
+            (
+                format!("name = \"p\"\n{case}[testcases.params]\nn = {{ description = \"x\" }}\n"),
+                ErrorKind::UnknownKey,
+                "testcases[0].params.n.description",
+                Some(6),
+                "write `desc`",
+            ),
+            (
+                format!("name = \"p\"\n{case}[testcases.params]\nn = {{ type = 1 }}\n"),
+                ErrorKind::WrongType,
+                "testcases[0].params.n.type",
+                Some(6),
+                "expected a string",
+            ),
+            (
+                "name = \"p\"\n[[testcase]]\nname = \"c\"\n".into(),
+                ErrorKind::UnknownKey,
+                "testcase",
+                Some(2),
+                "[[testcases]]",
+            ),
         ];
         for (text, kind, key, line, needle) in cases {
-            let err = Manifest::from_str(&text, Path::new("m.toml")).err().unwrap_or_else(|| panic!("accepted:\n{text}"));
+            let err =
+                Manifest::from_str(&text, Path::new("m.toml")).err().unwrap_or_else(|| panic!("accepted:\n{text}"));
             assert_eq!(err.kind, kind, "{text}\n{err}");
             assert_eq!(err.key.as_deref(), Some(key), "{text}\n{err}");
             assert_eq!(err.line, line, "{text}\n{err}");

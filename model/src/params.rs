@@ -47,7 +47,9 @@ impl fmt::Display for ParamProblem {
             ParamProblem::EqualsInKey => f.write_str("the name contains `=`"),
             ParamProblem::ControlInKey(c) => write!(f, "the name contains the control character U+{:04X}", *c as u32),
             ParamProblem::PipeInValue => f.write_str("the value contains `|`"),
-            ParamProblem::ControlInValue(c) => write!(f, "the value contains the control character U+{:04X}", *c as u32),
+            ParamProblem::ControlInValue(c) => {
+                write!(f, "the value contains the control character U+{:04X}", *c as u32)
+            }
         }
     }
 }
@@ -102,11 +104,7 @@ pub(crate) fn param_error(key: &str, problem: ParamProblem) -> ModelError {
 /// Unpacks `TEST_INSTANCE_PARAMS` the way the Rust SDK does: split on `|`, then at the first `=`.
 /// Items without `=` (which RS rejects) are skipped. The inverse of [`pack_params`].
 pub fn unpack_params(packed: &str) -> BTreeMap<String, String> {
-    packed
-        .split('|')
-        .filter_map(|item| item.split_once('='))
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect()
+    packed.split('|').filter_map(|item| item.split_once('=')).map(|(k, v)| (k.to_string(), v.to_string())).collect()
 }
 
 /// A manifest default as Testground passes it (TG api/manifest.go `defaultParameters`): strings
@@ -184,7 +182,13 @@ fn go_json_string(s: &str, out: &mut String) {
 /// `e-07` to `e-7`). Go refuses NaN and infinities; tg-nix writes them as TOML does.
 fn go_float(x: f64) -> String {
     if !x.is_finite() {
-        return if x.is_nan() { "nan".into() } else if x > 0.0 { "inf".into() } else { "-inf".into() };
+        return if x.is_nan() {
+            "nan".into()
+        } else if x > 0.0 {
+            "inf".into()
+        } else {
+            "-inf".into()
+        };
     }
     let abs = x.abs();
     if abs == 0.0 || (1e-6..1e21).contains(&abs) {
@@ -192,12 +196,10 @@ fn go_float(x: f64) -> String {
     }
     let e = format!("{x:e}");
     match e.split_once('e') {
-        Some((mantissa, exp)) => {
-            match exp.strip_prefix('-') {
-                Some(digits) => format!("{mantissa}e-{digits}"),
-                None => format!("{mantissa}e+{exp:0>2}"),
-            }
-        }
+        Some((mantissa, exp)) => match exp.strip_prefix('-') {
+            Some(digits) => format!("{mantissa}e-{digits}"),
+            None => format!("{mantissa}e+{exp:0>2}"),
+        },
         None => e,
     }
 }

@@ -221,7 +221,9 @@ impl<'a> Preparer<'a> {
     /// Group and run ids become TEST_GROUP_ID and directory names.
     fn check_id(&self, id: &str, path: &KeyPath, what: &str) -> Result<(), ModelError> {
         if id.is_empty() {
-            return Err(self.err(ErrorKind::Missing, path, format!("{what} is missing")).hint(format!("add `id = \"…\"`: {what}s name output directories")));
+            return Err(self
+                .err(ErrorKind::Missing, path, format!("{what} is missing"))
+                .hint(format!("add `id = \"…\"`: {what}s name output directories")));
         }
         if let Some(problem) = dir_name_problem(id) {
             return Err(self
@@ -238,7 +240,11 @@ impl<'a> Preparer<'a> {
 
         let plan = m.plan_name();
         if let Some(problem) = dir_name_problem(&plan) {
-            return Err(self.manifest_err(ErrorKind::Invalid, &root().key("name"), format!("plan name {:?} cannot be used: {problem}", m.name)));
+            return Err(self.manifest_err(
+                ErrorKind::Invalid,
+                &root().key("name"),
+                format!("plan name {:?} cannot be used: {problem}", m.name),
+            ));
         }
 
         // The test case.
@@ -258,7 +264,9 @@ impl<'a> Preparer<'a> {
                 Some(close) => format!("did you mean `{close}`? {cases_hint}"),
                 None => cases_hint,
             };
-            return Err(self.err(ErrorKind::NotFound, &gp.key("case"), format!("plan `{}` has no test case `{}`", m.name, g.case)).hint(hint));
+            return Err(self
+                .err(ErrorKind::NotFound, &gp.key("case"), format!("plan `{}` has no test case `{}`", m.name, g.case))
+                .hint(hint));
         };
 
         // The runner.
@@ -271,7 +279,11 @@ impl<'a> Preparer<'a> {
         }
         let Some(manifest_run_config) = m.runners.get(&g.runner) else {
             return Err(self
-                .err(ErrorKind::NotFound, &gp.key("runner"), format!("plan `{}` does not support runner `{}`", m.name, g.runner))
+                .err(
+                    ErrorKind::NotFound,
+                    &gp.key("runner"),
+                    format!("plan `{}` does not support runner `{}`", m.name, g.runner),
+                )
                 .hint(runners_hint));
         };
         let run_config = first_wins(&[&g.run_config, manifest_run_config]);
@@ -299,24 +311,40 @@ impl<'a> Preparer<'a> {
             } else {
                 return Err(self
                     .err(ErrorKind::Missing, &path.key("builder"), format!("group `{}` has no builder", grp.id))
-                    .hint(format!("{}; {}", self.fix("set `builder` in [global] or in this group", "give --builder NAME"), supported("builders", &builders, m))));
+                    .hint(format!(
+                        "{}; {}",
+                        self.fix("set `builder` in [global] or in this group", "give --builder NAME"),
+                        supported("builders", &builders, m)
+                    )));
             };
             let Some(manifest_build_config) = m.builders.get(builder) else {
                 return Err(self
-                    .err(ErrorKind::NotFound, &builder_path, format!("plan `{}` does not support builder `{builder}`", m.name))
+                    .err(
+                        ErrorKind::NotFound,
+                        &builder_path,
+                        format!("plan `{}` does not support builder `{builder}`", m.name),
+                    )
                     .hint(supported("builders", &builders, m)));
             };
             let dependencies = merge_dependencies(&grp.build.dependencies, &g.build.dependencies);
             if let Some(bad) = dependencies.iter().find(|d| d.module.is_empty() || d.version.is_empty()) {
                 return Err(self
-                    .err(ErrorKind::Missing, &path.key("build").key("dependencies"), format!("dependency {:?} needs a module and a version", bad.module))
+                    .err(
+                        ErrorKind::Missing,
+                        &path.key("build").key("dependencies"),
+                        format!("dependency {:?} needs a module and a version", bad.module),
+                    )
                     .hint("write `{ module = \"…\", version = \"…\" }`"));
             }
             builds.push(BuildUnit {
                 group_id: grp.id.clone(),
                 builder: builder.clone(),
                 build_config: first_wins(&[&grp.build_config, &g.build_config, manifest_build_config]),
-                selectors: if grp.build.selectors.is_empty() { g.build.selectors.clone() } else { grp.build.selectors.clone() },
+                selectors: if grp.build.selectors.is_empty() {
+                    g.build.selectors.clone()
+                } else {
+                    grp.build.selectors.clone()
+                },
                 dependencies,
                 artifact: grp.run.artifact.clone().or_else(|| g.run.artifact.clone()).filter(|a| !a.is_empty()),
             });
@@ -400,18 +428,29 @@ impl<'a> Preparer<'a> {
                 self.check_id(&rg.id, &rpath.key("id"), "run group id")?;
                 if groups.iter().any(|o| o.id == rg.id) {
                     return Err(self
-                        .err(ErrorKind::Invalid, &rpath.key("id"), format!("run group id `{}` is used twice in run `{}`", rg.id, run.id))
+                        .err(
+                            ErrorKind::Invalid,
+                            &rpath.key("id"),
+                            format!("run group id `{}` is used twice in run `{}`", rg.id, run.id),
+                        )
                         .hint("run group ids must be unique within a run: each is a TEST_GROUP_ID"));
                 }
-                let (group_id, gid_path) =
-                    if rg.group_id.is_empty() { (&rg.id, rpath.key("id")) } else { (&rg.group_id, rpath.key("group_id")) };
+                let (group_id, gid_path) = if rg.group_id.is_empty() {
+                    (&rg.id, rpath.key("id"))
+                } else {
+                    (&rg.group_id, rpath.key("group_id"))
+                };
                 let Some(group) = c.groups.iter().position(|g| &g.id == group_id) else {
                     let listed = format!("the [[groups]] ids are: {}", group_ids.join(", "));
                     let hint = match closest(group_id, &group_ids) {
                         Some(close) => format!("did you mean `{close}`? {listed}"),
-                        None => format!("`group_id` (default: the run group's `id`) names the [[groups]] entry to run; {listed}"),
+                        None => format!(
+                            "`group_id` (default: the run group's `id`) names the [[groups]] entry to run; {listed}"
+                        ),
                     };
-                    return Err(self.err(ErrorKind::NotFound, &gid_path, format!("no [[groups]] entry has id `{group_id}`")).hint(hint));
+                    return Err(self
+                        .err(ErrorKind::NotFound, &gid_path, format!("no [[groups]] entry has id `{group_id}`"))
+                        .hint(hint));
                 };
                 groups.push(RunGroupSource {
                     id: rg.id.clone(),
@@ -438,7 +477,11 @@ impl<'a> Preparer<'a> {
         let c = self.comp;
         if let Some(total) = src.total.filter(|t| *t > MAX_INSTANCES) {
             return Err(self
-                .err(ErrorKind::Invalid, &src.total_path, format!("total_instances = {total} is more than tg-nix runs at once ({MAX_INSTANCES})"))
+                .err(
+                    ErrorKind::Invalid,
+                    &src.total_path,
+                    format!("total_instances = {total} is more than tg-nix runs at once ({MAX_INSTANCES})"),
+                )
                 .hint("is there a typo in the number?"));
         }
         let mut counts = Vec::with_capacity(src.groups.len());
@@ -449,23 +492,43 @@ impl<'a> Preparer<'a> {
                 (None, Some(inst)) => (*inst, gpath.key("instances")),
                 (None, None) => {
                     return Err(self
-                        .err(ErrorKind::Missing, &rg.path.key("instances"), format!("group `{}` has no instance count", rg.id))
-                        .hint(self.fix("add `instances = { count = N }` (or `{ percentage = P }` with total_instances)", "give --instances N")));
+                        .err(
+                            ErrorKind::Missing,
+                            &rg.path.key("instances"),
+                            format!("group `{}` has no instance count", rg.id),
+                        )
+                        .hint(self.fix(
+                            "add `instances = { count = N }` (or `{ percentage = P }` with total_instances)",
+                            "give --instances N",
+                        )));
                 }
             };
             counts.push(self.count(inst, &ipath, src, &rg.id)?);
         }
         let sum = counts.iter().fold(0u64, |a, n| a.saturating_add(*n));
-        let breakdown = || src.groups.iter().zip(&counts).map(|(g, n)| format!("{}: {n}", g.id)).collect::<Vec<_>>().join(", ");
+        let breakdown =
+            || src.groups.iter().zip(&counts).map(|(g, n)| format!("{}: {n}", g.id)).collect::<Vec<_>>().join(", ");
         if sum > MAX_INSTANCES {
             return Err(self
-                .err(ErrorKind::Invalid, &src.path, format!("run `{}` has {sum} instances ({}); tg-nix runs at most {MAX_INSTANCES}", src.id, breakdown()))
+                .err(
+                    ErrorKind::Invalid,
+                    &src.path,
+                    format!(
+                        "run `{}` has {sum} instances ({}); tg-nix runs at most {MAX_INSTANCES}",
+                        src.id,
+                        breakdown()
+                    ),
+                )
                 .hint("is there a typo in a count?"));
         }
         if let Some(total) = src.total {
             if total != sum {
                 return Err(self
-                    .err(ErrorKind::Invalid, &src.total_path, format!("total_instances is {total}, but the groups add up to {sum} ({})", breakdown()))
+                    .err(
+                        ErrorKind::Invalid,
+                        &src.total_path,
+                        format!("total_instances is {total}, but the groups add up to {sum} ({})", breakdown()),
+                    )
                     .hint("make the counts add up to the total, or remove total_instances"));
             }
         }
@@ -513,20 +576,35 @@ impl<'a> Preparer<'a> {
                 .hint("write `instances = { count = N }` or `instances = { percentage = P }`")),
             (Some(0), None) => Err(self
                 .err(ErrorKind::Invalid, &ipath.key("count"), format!("group `{group}` has 0 instances"))
-                .hint(self.fix("a group needs at least 1 instance; remove the group if it should not run", "give --instances 1 or more"))),
+                .hint(self.fix(
+                    "a group needs at least 1 instance; remove the group if it should not run",
+                    "give --instances 1 or more",
+                ))),
             (Some(n), None) if n > MAX_INSTANCES => Err(self
-                .err(ErrorKind::Invalid, &ipath.key("count"), format!("group `{group}` has {n} instances, more than tg-nix runs at once ({MAX_INSTANCES})"))
+                .err(
+                    ErrorKind::Invalid,
+                    &ipath.key("count"),
+                    format!("group `{group}` has {n} instances, more than tg-nix runs at once ({MAX_INSTANCES})"),
+                )
                 .hint("is there a typo in the number?")),
             (Some(n), None) => Ok(n),
             (None, Some(p)) => {
                 if !(p > 0.0 && p <= 1.0) {
                     return Err(self
-                        .err(ErrorKind::Invalid, &ipath.key("percentage"), format!("group `{group}`: percentage {p} is not in (0, 1]"))
+                        .err(
+                            ErrorKind::Invalid,
+                            &ipath.key("percentage"),
+                            format!("group `{group}`: percentage {p} is not in (0, 1]"),
+                        )
                         .hint("a percentage is a share of total_instances: 0.5 means half"));
                 }
                 let Some(total) = src.total else {
                     return Err(self
-                        .err(ErrorKind::Missing, &src.total_path, format!("group `{group}` gives a percentage, so run `{}` needs total_instances", src.id))
+                        .err(
+                            ErrorKind::Missing,
+                            &src.total_path,
+                            format!("group `{group}` gives a percentage, so run `{}` needs total_instances", src.id),
+                        )
                         .hint(if src.id == "default" && self.comp.runs.is_empty() {
                             "set `total_instances` in [global]"
                         } else {
@@ -536,7 +614,11 @@ impl<'a> Preparer<'a> {
                 let n = (p * total as f64).round() as u64;
                 if n == 0 {
                     return Err(self
-                        .err(ErrorKind::Invalid, &ipath.key("percentage"), format!("group `{group}`: {p} of {total} instances rounds to 0 instances"))
+                        .err(
+                            ErrorKind::Invalid,
+                            &ipath.key("percentage"),
+                            format!("group `{group}`: {p} of {total} instances rounds to 0 instances"),
+                        )
                         .hint("raise the percentage or total_instances, or give a count"));
                 }
                 Ok(n)
@@ -633,7 +715,9 @@ impl<'a> Preparer<'a> {
 
     fn check_value(&mut self, what: &str, key: &str, value: &str, at: &InFile) -> Result<(), ModelError> {
         if let Err(problem) = check_param(key, value) {
-            return Err(self.err_in(ErrorKind::Invalid, at, format!("{what} {}: {problem}", quote_key(key))).hint(problem.hint()));
+            return Err(self
+                .err_in(ErrorKind::Invalid, at, format!("{what} {}: {problem}", quote_key(key)))
+                .hint(problem.hint()));
         }
         if value.contains('=') {
             self.warn_in(
@@ -652,7 +736,12 @@ fn supported(what: &str, ids: &[&str], m: &Manifest) -> String {
     if ids.is_empty() {
         format!("{} declares no {what}: add a [{table}.\"…\"] table", m.source.display())
     } else {
-        format!("plan `{}` supports {what}: {} (the [{table}.\"…\"] tables of {})", m.name, ids.join(", "), m.source.display())
+        format!(
+            "plan `{}` supports {what}: {} (the [{table}.\"…\"] tables of {})",
+            m.name,
+            ids.join(", "),
+            m.source.display()
+        )
     }
 }
 

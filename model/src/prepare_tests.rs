@@ -10,7 +10,8 @@ use crate::single::SingleRun;
 const HEAD: &str = "[global]\nplan = \"ping\"\ncase = \"ping\"\nbuilder = \"exec:rust\"\nrunner = \"local:exec\"\n";
 
 fn prep(text: &str) -> Result<Prepared, ModelError> {
-    let c = Composition::from_str(text, Path::new("c.toml")).unwrap_or_else(|e| panic!("composition does not load: {e}\n{text}"));
+    let c = Composition::from_str(text, Path::new("c.toml"))
+        .unwrap_or_else(|e| panic!("composition does not load: {e}\n{text}"));
     c.prepare(&ping())
 }
 
@@ -27,7 +28,10 @@ fn default_run_is_synthesised_from_the_groups() {
     let p = ok(&format!(
         "{HEAD}[[groups]]\nid = \"alpha\"\ninstances = {{ count = 1 }}\n[[groups]]\nid = \"beta\"\ninstances = {{ count = 2 }}\n"
     ));
-    assert_eq!((p.plan.as_str(), p.case.as_str(), p.runner.as_str()), ("compatibility-rust-and-go", "ping", "local:exec"));
+    assert_eq!(
+        (p.plan.as_str(), p.case.as_str(), p.runner.as_str()),
+        ("compatibility-rust-and-go", "ping", "local:exec")
+    );
     assert_eq!(p.builds.iter().map(|b| b.group_id.as_str()).collect::<Vec<_>>(), ["alpha", "beta"]);
     assert_eq!(p.runs.len(), 1);
     let run = &p.runs[0];
@@ -35,12 +39,14 @@ fn default_run_is_synthesised_from_the_groups() {
     let shape: Vec<_> = run.groups.iter().map(|g| (g.id.as_str(), g.build_group.as_str(), g.instances)).collect();
     assert_eq!(shape, [("alpha", "alpha", 1), ("beta", "beta", 2)]);
     // Manifest defaults, JSON-encoded; `label` has no default: Testground passes "null".
-    let want = params(&[("iterations", "5"), ("label", "null"), ("max_latency_ms", "1000"), ("secure_channel", "noise")]);
+    let want =
+        params(&[("iterations", "5"), ("label", "null"), ("max_latency_ms", "1000"), ("secure_channel", "noise")]);
     assert_eq!(run.groups[0].test_params, want);
     assert_eq!(p.run("default").map(|r| r.groups.len()), Some(2));
     assert_eq!(p.build("beta").map(|b| b.builder.as_str()), Some("exec:rust"));
     // The manifest's [defaults] warning, and one `null` warning for `label` (not one per group).
-    let keys: Vec<_> = p.warnings.iter().map(|w| (w.file.to_string_lossy().into_owned(), w.key.clone().unwrap_or_default())).collect();
+    let keys: Vec<_> =
+        p.warnings.iter().map(|w| (w.file.to_string_lossy().into_owned(), w.key.clone().unwrap_or_default())).collect();
     assert_eq!(
         keys,
         [
@@ -78,8 +84,14 @@ id = \"go\"
 "
     );
     let p = ok(&text);
-    assert_eq!(p.builds.iter().map(|b| (b.group_id.as_str(), b.builder.as_str())).collect::<Vec<_>>(), [("go", "exec:rust"), ("rust", "docker:generic")]);
-    assert_eq!(p.runs.iter().map(|r| (r.id.as_str(), r.total_instances)).collect::<Vec<_>>(), [("one-each", 2), ("go-only", 3)]);
+    assert_eq!(
+        p.builds.iter().map(|b| (b.group_id.as_str(), b.builder.as_str())).collect::<Vec<_>>(),
+        [("go", "exec:rust"), ("rust", "docker:generic")]
+    );
+    assert_eq!(
+        p.runs.iter().map(|r| (r.id.as_str(), r.total_instances)).collect::<Vec<_>>(),
+        [("one-each", 2), ("go-only", 3)]
+    );
     let r0: Vec<_> = p.runs[0].groups.iter().map(|g| (g.id.as_str(), g.build_group.as_str(), g.instances)).collect();
     assert_eq!(r0, [("go-a", "go", 1), ("rust", "rust", 1)]);
     // go-only's run group has no instances: the group's count applies.
@@ -159,7 +171,15 @@ max_latency_ms = \"run-group\"
         "{HEAD}[global.run.test_params]\niterations = \"global\"\nlabel = \"global\"\n[[groups]]\nid = \"g\"\ninstances = {{ count = 2 }}\n[groups.run.test_params]\niterations = \"group\"\n"
     );
     let got = &ok(&text).runs[0].groups[0].test_params;
-    assert_eq!(got, &params(&[("iterations", "group"), ("label", "global"), ("max_latency_ms", "1000"), ("secure_channel", "noise")]));
+    assert_eq!(
+        got,
+        &params(&[
+            ("iterations", "group"),
+            ("label", "global"),
+            ("max_latency_ms", "1000"),
+            ("secure_channel", "noise")
+        ])
+    );
 }
 
 #[test]
@@ -244,7 +264,8 @@ instances = { count = 1 }
     assert_eq!(one.build_config.get("path"), Some(&s("manifest")));
     assert_eq!(one.build_config.get("only_manifest"), Some(&Value::Integer(1)));
     assert_eq!(one.selectors, ["group"]);
-    let deps: Vec<_> = one.dependencies.iter().map(|d| (d.module.as_str(), d.version.as_str(), d.target.as_deref())).collect();
+    let deps: Vec<_> =
+        one.dependencies.iter().map(|d| (d.module.as_str(), d.version.as_str(), d.target.as_deref())).collect();
     assert_eq!(deps, [("a", "group", Some("fork/a")), ("b", "global", None)]);
     assert_eq!(one.artifact.as_deref(), Some("group-artifact"));
 
@@ -268,7 +289,8 @@ type ErrorCase = (String, ErrorKind, bool, &'static str, Option<usize>, &'static
 #[test]
 fn errors_table() {
     let g1 = "[[groups]]\nid = \"a\"\ninstances = { count = 2 }\n"; // lines 6-8 after HEAD
-    let head_without = |key: &str| HEAD.lines().filter(|l| !l.starts_with(key)).map(|l| format!("{l}\n")).collect::<String>();
+    let head_without =
+        |key: &str| HEAD.lines().filter(|l| !l.starts_with(key)).map(|l| format!("{l}\n")).collect::<String>();
     let cases: Vec<ErrorCase> = vec![
         // The test case.
         (format!("{}{g1}", head_without("case")), ErrorKind::Missing, false, "global.case", Some(1), "the cases of plan `compatibility-rust-and-go` are: ping"),
@@ -348,10 +370,14 @@ fn hostile_manifest_default_is_reported_in_the_manifest() {
         Path::new("m.toml"),
     )
     .expect("manifest");
-    let text = "[global]\ncase = \"c\"\nbuilder = \"b\"\nrunner = \"r\"\n[[groups]]\nid = \"a\"\ninstances = { count = 1 }\n";
+    let text =
+        "[global]\ncase = \"c\"\nbuilder = \"b\"\nrunner = \"r\"\n[[groups]]\nid = \"a\"\ninstances = { count = 1 }\n";
     let c = Composition::from_str(text, Path::new("c.toml")).expect("composition");
     let err = c.prepare(&manifest).expect_err("rejected");
-    assert_eq!((err.file.as_path(), err.key.as_deref(), err.line), (Path::new("m.toml"), Some("testcases[0].params.sep.default"), Some(8)));
+    assert_eq!(
+        (err.file.as_path(), err.key.as_deref(), err.line),
+        (Path::new("m.toml"), Some("testcases[0].params.sep.default"), Some(8))
+    );
     // A composition value overrides the bad default: nothing left to reject.
     let text = format!("{text}[groups.run.test_params]\nsep = \"a,b\"\n");
     let c = Composition::from_str(&text, Path::new("c.toml")).expect("composition");
@@ -370,10 +396,26 @@ fn warnings_table() {
     let g1 = "[[groups]]\nid = \"a\"\ninstances = { count = 2 }\n";
     // (composition, key, text in the message or hint)
     let cases: Vec<(String, &str, &str)> = vec![
-        (format!("{HEAD}{g1}[groups.run.test_params]\niteration = \"1\"\n"), "groups[0].run.test_params.iteration", "did you mean `iterations`?"),
-        (format!("{HEAD}{g1}[groups.run.test_params]\nzzz = \"1\"\n"), "groups[0].run.test_params.zzz", "not declared by test case `ping`"),
-        (format!("{HEAD}{g1}[groups.run.test_params]\nlabel = \"a=b\"\n"), "groups[0].run.test_params.label", "the Go and JS SDKs drop such params"),
-        (format!("{HEAD}total_instances = 2\n{g1}[[runs]]\nid = \"r\"\n[[runs.groups]]\nid = \"a\"\n"), "global.total_instances", "not used when the composition has [[runs]]"),
+        (
+            format!("{HEAD}{g1}[groups.run.test_params]\niteration = \"1\"\n"),
+            "groups[0].run.test_params.iteration",
+            "did you mean `iterations`?",
+        ),
+        (
+            format!("{HEAD}{g1}[groups.run.test_params]\nzzz = \"1\"\n"),
+            "groups[0].run.test_params.zzz",
+            "not declared by test case `ping`",
+        ),
+        (
+            format!("{HEAD}{g1}[groups.run.test_params]\nlabel = \"a=b\"\n"),
+            "groups[0].run.test_params.label",
+            "the Go and JS SDKs drop such params",
+        ),
+        (
+            format!("{HEAD}total_instances = 2\n{g1}[[runs]]\nid = \"r\"\n[[runs.groups]]\nid = \"a\"\n"),
+            "global.total_instances",
+            "not used when the composition has [[runs]]",
+        ),
         (format!("{HEAD}{g1}[groups.resources]\nmemory = \"1Gi\"\n"), "groups[0].resources", "`resources` is ignored"),
     ];
     for (text, key, needle) in cases {
@@ -410,7 +452,10 @@ instances = { count = 1 }
     let c = Composition::from_str(text, Path::new("placebo/_compositions/pr-1469.toml")).expect("composition");
     let p = c.prepare(&manifest).expect("prepares");
     assert_eq!(p.builds[0].dependencies[0].version, "49c90fa75405");
-    assert_eq!(p.builds[0].build_config.get("module_path").and_then(Value::as_str), Some("github.com/testground/testground/plans/placebo"));
+    assert_eq!(
+        p.builds[0].build_config.get("module_path").and_then(Value::as_str),
+        Some("github.com/testground/testground/plans/placebo")
+    );
     assert_eq!(p.runs[0].groups[0].test_params, BTreeMap::new());
 }
 
@@ -457,7 +502,11 @@ fn single_run_errors_name_flags() {
         (SingleRun { instances: 0, ..single_ok() }, "--instances", "give --instances 1 or more"),
         (SingleRun { instances: 1, ..single_ok() }, "--instances", "outside the range [2, 10000]"),
         (SingleRun { instances: 100_001, ..single_ok() }, "--instances", "more than tg-nix runs at once"),
-        (SingleRun { test_params: vec![("k".into(), "a|b".into())], ..single_ok() }, "--test-param k", "the value contains `|`"),
+        (
+            SingleRun { test_params: vec![("k".into(), "a|b".into())], ..single_ok() },
+            "--test-param k",
+            "the value contains `|`",
+        ),
     ];
     for (run, key, needle) in cases {
         let err = single(run.clone()).err().unwrap_or_else(|| panic!("accepted {run:?}"));

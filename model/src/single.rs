@@ -66,7 +66,8 @@ fn flag_value(v: &str) -> Value {
         _ => {}
     }
     let digits = t.strip_prefix('-').unwrap_or(t);
-    let plain_int = !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit()) && (digits == "0" || !digits.starts_with('0'));
+    let plain_int =
+        !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit()) && (digits == "0" || !digits.starts_with('0'));
     if plain_int {
         if let Ok(n) = t.parse::<i64>() {
             return Value::Integer(n);

@@ -30,11 +30,22 @@ pub use verdict::Verdict;
 /// What a run reports while it goes. Reporters (terminal, JSON) read these; the runner never prints.
 #[derive(Debug, Clone)]
 pub enum RunEvent {
-    RunStarted { run_id: String, instances: u64 },
-    InstanceStarted { group: String, group_index: u64, pid: Option<u32> },
+    RunStarted {
+        run_id: String,
+        instances: u64,
+    },
+    InstanceStarted {
+        group: String,
+        group_index: u64,
+        pid: Option<u32>,
+    },
     /// An event an instance published on the run_events topic.
-    SyncEvent { event: tg_nix_model::Event },
-    InstanceFinished { result: InstanceResult },
+    SyncEvent {
+        event: tg_nix_model::Event,
+    },
+    InstanceFinished {
+        result: InstanceResult,
+    },
 }
 
 /// Why a run could not be carried out (as opposed to instances failing, which are verdicts).

@@ -146,7 +146,8 @@ pub async fn run(
         .map_err(|e| RunnerError::Io { path: spec.work_dir.clone(), source: e })?;
     let service = Service::new();
     let server_stop = CancellationToken::new();
-    let server = tokio::spawn(tg_nix_sync::serve(listener, service.clone(), ServerConfig::default(), server_stop.clone()));
+    let server =
+        tokio::spawn(tg_nix_sync::serve(listener, service.clone(), ServerConfig::default(), server_stop.clone()));
 
     let ns = Namespace { run: spec.run_id.clone(), plan: spec.plan.clone(), case: spec.case.clone() };
     let watcher = tokio::spawn(watch_run_events(service.subscribe(&ns.run_events()), progress.clone()));
@@ -191,7 +192,10 @@ pub async fn run(
                 hostname: hostname.clone(),
                 sync_service_host: sync_host.clone(),
                 sync_service_port: sync_port,
-                influxdb_url: format!("http://{}:8086", if hub.is_some() { "testground-influxdb" } else { "127.0.0.1" }),
+                influxdb_url: format!(
+                    "http://{}:8086",
+                    if hub.is_some() { "testground-influxdb" } else { "127.0.0.1" }
+                ),
                 redis_host: if hub.is_some() { "testground-redis".into() } else { "127.0.0.1".into() },
                 log_level: spec.log_level.clone(),
             };
@@ -492,8 +496,10 @@ async fn watch_run_events(
 /// A hostname for the instance: `<group>-<index>` made DNS-safe, or `i<global>` when two groups
 /// would map to the same name.
 fn unique_hostname(group: &str, index: u64, global: u64, taken: &mut HashSet<String>) -> String {
-    let mut base: String =
-        group.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' { c.to_ascii_lowercase() } else { '-' }).collect();
+    let mut base: String = group
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() || c == '-' { c.to_ascii_lowercase() } else { '-' })
+        .collect();
     base.truncate(40);
     let base = base.trim_matches('-');
     let candidate = if base.is_empty() { format!("i{global}") } else { format!("{base}-{index}") };

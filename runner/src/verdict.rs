@@ -99,7 +99,9 @@ impl Verdict {
                 format!("still running at the run timeout{}; killed", after(*success_recorded))
             }
             Verdict::Signal { signal, success_recorded } => format!("killed by {signal}{}", after(*success_recorded)),
-            Verdict::ExitCode { code, success_recorded } => format!("exited with status {code}{}", after(*success_recorded)),
+            Verdict::ExitCode { code, success_recorded } => {
+                format!("exited with status {code}{}", after(*success_recorded))
+            }
             Verdict::NoOutcome => "exited 0 without recording success, failure or crash".into(),
             Verdict::StartFailed { error } => format!("could not be started: {error}"),
             Verdict::Cancelled => "interrupted before it finished".into(),

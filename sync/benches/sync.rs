@@ -106,7 +106,8 @@ async fn server_side(counts: Vec<usize>, fd_limit: u64) -> Vec<Row> {
     for n in counts {
         let needed = n as u64 + FD_SLACK;
         if needed > fd_limit {
-            let why = format!("needs ~{needed} open files per process, the limit is {fd_limit} and cannot be raised here");
+            let why =
+                format!("needs ~{needed} open files per process, the limit is {fd_limit} and cannot be raised here");
             println!("\n== {n} clients: skipped, {why}");
             rows.push(Row::Skipped { n, why });
             continue;
@@ -200,7 +201,10 @@ fn print_table(rows: &[Row]) {
         "fan p50",
         "fan p99"
     );
-    println!("{:>7} | {:>29} | {:>34} | {:>38}", "", "ms after the last signal", "per op (CPU)", "ms publish to delivery");
+    println!(
+        "{:>7} | {:>29} | {:>34} | {:>38}",
+        "", "ms after the last signal", "per op (CPU)", "ms publish to delivery"
+    );
     println!("{}", "-".repeat(120));
     for row in rows {
         match row {
@@ -275,7 +279,9 @@ mod clients {
     }
 
     async fn phase<T>(name: &str, f: impl std::future::Future<Output = Result<T, String>>) -> Result<T, String> {
-        tokio::time::timeout(PHASE_TIMEOUT, f).await.map_err(|_| format!("{name}: timed out after {PHASE_TIMEOUT:?}"))?
+        tokio::time::timeout(PHASE_TIMEOUT, f)
+            .await
+            .map_err(|_| format!("{name}: timed out after {PHASE_TIMEOUT:?}"))?
     }
 
     async fn connect_all(addr: SocketAddr, n: usize) -> Result<Vec<Ws>, String> {
@@ -316,7 +322,9 @@ mod clients {
         recv_text(ws).await
     }
 
-    async fn join_all<T: Send + 'static>(tasks: Vec<tokio::task::JoinHandle<Result<T, String>>>) -> Result<Vec<T>, String> {
+    async fn join_all<T: Send + 'static>(
+        tasks: Vec<tokio::task::JoinHandle<Result<T, String>>>,
+    ) -> Result<Vec<T>, String> {
         let mut out = Vec::with_capacity(tasks.len());
         for t in tasks {
             out.push(t.await.map_err(|e| format!("client task: {e}"))??);
@@ -333,8 +341,11 @@ mod clients {
                 .map(|mut ws| {
                     let state = state.clone();
                     tokio::spawn(async move {
-                        request(&mut ws, format!(r#"{{"id":"0","is_cancel":false,"signal_entry":{{"state":"{state}"}}}}"#))
-                            .await?;
+                        request(
+                            &mut ws,
+                            format!(r#"{{"id":"0","is_cancel":false,"signal_entry":{{"state":"{state}"}}}}"#),
+                        )
+                        .await?;
                         let signalled = Instant::now();
                         let reply = request(
                             &mut ws,
@@ -376,8 +387,9 @@ mod clients {
                     loop {
                         if Instant::now() < deadline {
                             while in_flight < PIPELINE_DEPTH {
-                                let req =
-                                    format!(r#"{{"id":"{next_id}","is_cancel":false,"signal_entry":{{"state":"{state}"}}}}"#);
+                                let req = format!(
+                                    r#"{{"id":"{next_id}","is_cancel":false,"signal_entry":{{"state":"{state}"}}}}"#
+                                );
                                 ws.feed(Message::text(req)).await.map_err(|e| e.to_string())?;
                                 next_id += 1;
                                 in_flight += 1;
@@ -417,7 +429,12 @@ mod clients {
         Ok((clients, total, elapsed))
     }
 
-    async fn fanout(addr: SocketAddr, mut clients: Vec<Ws>, n: usize, m: usize) -> Result<(Vec<Ws>, Percentiles, f64), String> {
+    async fn fanout(
+        addr: SocketAddr,
+        mut clients: Vec<Ws>,
+        n: usize,
+        m: usize,
+    ) -> Result<(Vec<Ws>, Percentiles, f64), String> {
         let topic = format!("fanout-{n}");
         let ready_state = format!("fanout-ready-{n}");
         let epoch = Instant::now();
@@ -426,12 +443,17 @@ mod clients {
             .map(|mut ws| {
                 let (topic, ready_state) = (topic.clone(), ready_state.clone());
                 tokio::spawn(async move {
-                    ws.send(Message::text(format!(r#"{{"id":"sub","is_cancel":false,"subscribe":{{"topic":"{topic}"}}}}"#)))
-                        .await
-                        .map_err(|e| e.to_string())?;
+                    ws.send(Message::text(format!(
+                        r#"{{"id":"sub","is_cancel":false,"subscribe":{{"topic":"{topic}"}}}}"#
+                    )))
+                    .await
+                    .map_err(|e| e.to_string())?;
                     // Replies come in request order, so this one means the subscription is in place.
-                    request(&mut ws, format!(r#"{{"id":"ready","is_cancel":false,"signal_entry":{{"state":"{ready_state}"}}}}"#))
-                        .await?;
+                    request(
+                        &mut ws,
+                        format!(r#"{{"id":"ready","is_cancel":false,"signal_entry":{{"state":"{ready_state}"}}}}"#),
+                    )
+                    .await?;
                     let mut latencies = Vec::with_capacity(m);
                     let mut last = Instant::now();
                     for _ in 0..m {
@@ -447,13 +469,19 @@ mod clients {
 
         let mut publisher = connect(addr).await?;
         // Wait until every subscriber is in place, then publish as fast as replies come back.
-        request(&mut publisher, format!(r#"{{"id":"wait","is_cancel":false,"barrier":{{"state":"{ready_state}","target":{n}}}}}"#))
-            .await?;
+        request(
+            &mut publisher,
+            format!(r#"{{"id":"wait","is_cancel":false,"barrier":{{"state":"{ready_state}","target":{n}}}}}"#),
+        )
+        .await?;
         let first_publish = Instant::now();
         for i in 0..m {
             let t = epoch.elapsed().as_nanos() as u64;
-            request(&mut publisher, format!(r#"{{"id":"{i}","is_cancel":false,"publish":{{"topic":"{topic}","payload":{t}}}}}"#))
-                .await?;
+            request(
+                &mut publisher,
+                format!(r#"{{"id":"{i}","is_cancel":false,"publish":{{"topic":"{topic}","payload":{t}}}}}"#),
+            )
+            .await?;
         }
         let results = join_all(tasks).await?;
         let mut latencies = Vec::with_capacity(n * m);

@@ -89,8 +89,10 @@ impl End {
     /// Whether the client may still be sending, so that closing the socket at once would reset it
     /// (and the client would lose our Close frame).
     fn needs_drain(&self) -> bool {
-        matches!(self, End::TooBig { .. } | End::WebSocket(tungstenite::Error::Protocol(_) | tungstenite::Error::Utf8(_)))
-            && !matches!(self, End::WebSocket(tungstenite::Error::Protocol(ProtocolError::ResetWithoutClosingHandshake)))
+        matches!(
+            self,
+            End::TooBig { .. } | End::WebSocket(tungstenite::Error::Protocol(_) | tungstenite::Error::Utf8(_))
+        ) && !matches!(self, End::WebSocket(tungstenite::Error::Protocol(ProtocolError::ResetWithoutClosingHandshake)))
     }
 
     fn is_routine(&self) -> bool {

@@ -223,13 +223,27 @@ pub fn error_text(message: &str) -> String {
 /// A response waiting in a connection's outgoing queue, or the order to close it.
 #[derive(Debug)]
 pub(crate) enum Outgoing {
-    Publish { id: Box<str>, seq: u64 },
-    SignalEntry { id: Box<str>, seq: u64 },
-    Barrier { id: Box<str> },
+    Publish {
+        id: Box<str>,
+        seq: u64,
+    },
+    SignalEntry {
+        id: Box<str>,
+        seq: u64,
+    },
+    Barrier {
+        id: Box<str>,
+    },
     /// One message of a subscription; the id is shared by all of them.
-    Subscribe { id: Arc<str>, entry: Arc<Entry> },
+    Subscribe {
+        id: Arc<str>,
+        entry: Arc<Entry>,
+    },
     /// `error` is already JSON text.
-    Error { id: Box<str>, error: String },
+    Error {
+        id: Box<str>,
+        error: String,
+    },
     /// Send a Close frame (the given one, or complete the handshake the peer started) and stop.
     Close(Option<tokio_tungstenite::tungstenite::protocol::CloseFrame>),
 }
@@ -288,8 +302,10 @@ mod tests {
 
     #[test]
     fn parses_the_rust_sdk_frames() {
-        let req = parse_request(br#"{"id":"3","is_cancel":false,"signal_entry":{"state":"run:R:plan:P:case:C:states:initialized_global"}}"#)
-            .expect("valid");
+        let req = parse_request(
+            br#"{"id":"3","is_cancel":false,"signal_entry":{"state":"run:R:plan:P:case:C:states:initialized_global"}}"#,
+        )
+        .expect("valid");
         assert_eq!(req.id, "3");
         assert!(!req.is_cancel);
         assert_eq!(req.op, Some(Op::SignalEntry { state: "run:R:plan:P:case:C:states:initialized_global".into() }));
@@ -297,8 +313,10 @@ mod tests {
         let req = parse_request(br#"{"id":"1","is_cancel":false,"barrier":{"state":"s","target":1}}"#).expect("valid");
         assert_eq!(req.op, Some(Op::Barrier { state: "s".into(), target: 1 }));
 
-        let req = parse_request(br#"{"id":"7","is_cancel":false,"publish":{"topic":"t","payload":{"ip":"16.0.0.2","port":1234}}}"#)
-            .expect("valid");
+        let req = parse_request(
+            br#"{"id":"7","is_cancel":false,"publish":{"topic":"t","payload":{"ip":"16.0.0.2","port":1234}}}"#,
+        )
+        .expect("valid");
         assert_eq!(req.op, Some(Op::Publish { topic: "t".into(), payload: json!({"ip":"16.0.0.2","port":1234}) }));
     }
 
@@ -306,7 +324,8 @@ mod tests {
     fn parses_js_frames_without_is_cancel_and_go_frames_with_a_newline() {
         let req = parse_request(br#"{"subscribe":{"topic":"t"},"id":"2"}"#).expect("valid");
         assert_eq!(req, Request { id: "2".into(), is_cancel: false, op: Some(Op::Subscribe { topic: "t".into() }) });
-        let req = parse_request(b"{\"id\":\"0\",\"is_cancel\":false,\"signal_entry\":{\"state\":\"s\"}}\n").expect("valid");
+        let req =
+            parse_request(b"{\"id\":\"0\",\"is_cancel\":false,\"signal_entry\":{\"state\":\"s\"}}\n").expect("valid");
         assert_eq!(req.op, Some(Op::SignalEntry { state: "s".into() }));
     }
 

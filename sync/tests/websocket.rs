@@ -139,7 +139,10 @@ async fn signal_entry_counts_from_one() {
     let reply = a.request(r#"{"id":"0","is_cancel":false,"signal_entry":{"state":"s"}}"#).await;
     assert_eq!(reply, r#"{"id":"0","error":"","publish":null,"subscribe":"","signal_entry":{"seq":1}}"#);
     assert_eq!(b.request(r#"{"id":"0","is_cancel":false,"signal_entry":{"state":"s"}}"#).await, signal_reply("0", 2));
-    assert_eq!(a.request(r#"{"id":"1","is_cancel":false,"signal_entry":{"state":"other"}}"#).await, signal_reply("1", 1));
+    assert_eq!(
+        a.request(r#"{"id":"1","is_cancel":false,"signal_entry":{"state":"other"}}"#).await,
+        signal_reply("1", 1)
+    );
     assert_eq!(server.service.state_count("s"), 2);
     server.shutdown().await;
 }
@@ -151,7 +154,10 @@ async fn barrier_replies_at_once_when_reached() {
     let reply = c.request(r#"{"id":"0","is_cancel":false,"barrier":{"state":"s","target":0}}"#).await;
     assert_eq!(reply, r#"{"id":"0","error":"","publish":null,"subscribe":"","signal_entry":null}"#);
     server.service.signal_entry("s");
-    assert_eq!(c.request(r#"{"id":"1","is_cancel":false,"barrier":{"state":"s","target":1}}"#).await, barrier_reply("1"));
+    assert_eq!(
+        c.request(r#"{"id":"1","is_cancel":false,"barrier":{"state":"s","target":1}}"#).await,
+        barrier_reply("1")
+    );
     server.shutdown().await;
 }
 
@@ -188,12 +194,16 @@ async fn subscribe_replays_in_order_then_streams_payloads_as_json_text() {
     assert_eq!(subscriber.recv().await, subscribe_reply("7", &second));
 
     let third = json!([1, 2.5, null, {"nested": true}]);
-    assert_eq!(publisher.request(&format!(r#"{{"id":"2","publish":{{"topic":"t","payload":{third}}}}}"#)).await, publish_reply("2", 3));
+    assert_eq!(
+        publisher.request(&format!(r#"{{"id":"2","publish":{{"topic":"t","payload":{third}}}}}"#)).await,
+        publish_reply("2", 3)
+    );
     let reply = subscriber.recv().await;
     assert_eq!(reply, subscribe_reply("7", &third));
     // Every SDK parses the subscribe field as JSON text.
     let parsed: serde_json::Value = serde_json::from_str(&reply).expect("json");
-    let payload: serde_json::Value = serde_json::from_str(parsed["subscribe"].as_str().expect("string")).expect("json text");
+    let payload: serde_json::Value =
+        serde_json::from_str(parsed["subscribe"].as_str().expect("string")).expect("json text");
     assert_eq!(payload, third);
     server.shutdown().await;
 }
@@ -216,7 +226,10 @@ async fn js_frames_without_is_cancel_and_go_frames_with_newlines() {
     let mut c = Client::connect(server.addr, "/any/path").await;
     assert_eq!(c.request(r#"{"signal_entry":{"state":"s"},"id":"0"}"#).await, signal_reply("0", 1));
     assert_eq!(c.request(r#"{"publish":{"topic":"t","payload":{"x":1}},"id":"1"}"#).await, publish_reply("1", 1));
-    assert_eq!(c.request("{\"id\":\"2\",\"is_cancel\":false,\"barrier\":{\"state\":\"s\",\"target\":1}}\n").await, barrier_reply("2"));
+    assert_eq!(
+        c.request("{\"id\":\"2\",\"is_cancel\":false,\"barrier\":{\"state\":\"s\",\"target\":1}}\n").await,
+        barrier_reply("2")
+    );
     server.shutdown().await;
 }
 
@@ -267,7 +280,8 @@ async fn rust_sdk_0_4_0_session() {
         publish_reply("7", 1)
     );
     assert_eq!(
-        exchange(r#"{"id":"8","is_cancel":false,"subscribe":{"topic":"run:RUNID:plan:PLAN:case:CASE:topics:addrs"}}"#).await,
+        exchange(r#"{"id":"8","is_cancel":false,"subscribe":{"topic":"run:RUNID:plan:PLAN:case:CASE:topics:addrs"}}"#)
+            .await,
         r#"{"id":"8","error":"","publish":null,"subscribe":"{\"ip\":\"16.0.0.2\",\"port\":1234}","signal_entry":null}"#
     );
     let network = r#"{"network":"default","IPv4":null,"IPv6":null,"enable":true,"default":{"latency":100000000,"jitter":0,"bandwidth":1048576,"filter":0,"loss":0.0,"corrupt":0.0,"corrupt_corr":0.0,"reorder":0.0,"reorder_corr":0.0,"duplicate":0.0,"duplicate_corr":0.0},"rules":[{"latency":0,"jitter":0,"bandwidth":0,"filter":2,"loss":0.0,"corrupt":0.0,"corrupt_corr":0.0,"reorder":0.0,"reorder_corr":0.0,"duplicate":0.0,"duplicate_corr":0.0,"subnet":"16.0.0.3/32"}],"callback_state":"network-configured","routing_policy":"allow_all"}"#;
@@ -403,7 +417,10 @@ async fn a_disconnect_drops_subscriptions_and_barriers_but_not_counts_or_logs() 
     gone.send(r#"{"id":"0","subscribe":{"topic":"t"}}"#).await;
     gone.send(r#"{"id":"1","barrier":{"state":"s","target":3}}"#).await;
     assert_eq!(gone.request(r#"{"id":"2","signal_entry":{"state":"s"}}"#).await, signal_reply("2", 1));
-    assert_eq!(gone.request(r#"{"id":"3","publish":{"topic":"t","payload":"a"}}"#).await, subscribe_reply("0", &json!("a")));
+    assert_eq!(
+        gone.request(r#"{"id":"3","publish":{"topic":"t","payload":"a"}}"#).await,
+        subscribe_reply("0", &json!("a"))
+    );
     drop(gone);
 
     let mut c = server.client().await;
@@ -432,7 +449,9 @@ async fn a_thousand_clients_pass_a_barrier() {
                 let reply = c.request(r#"{"id":"0","is_cancel":false,"signal_entry":{"state":"start"}}"#).await;
                 let v: serde_json::Value = serde_json::from_str(&reply).expect("json");
                 let seq = v["signal_entry"]["seq"].as_u64().expect("seq");
-                let reply = c.request(&format!(r#"{{"id":"1","is_cancel":false,"barrier":{{"state":"start","target":{N}}}}}"#)).await;
+                let reply = c
+                    .request(&format!(r#"{{"id":"1","is_cancel":false,"barrier":{{"state":"start","target":{N}}}}}"#))
+                    .await;
                 assert_eq!(reply, barrier_reply("1"));
                 (seq, c)
             })
@@ -585,7 +604,10 @@ async fn split_writes_without_nodelay_are_not_delayed() {
     }
     let started = std::time::Instant::now();
     for i in 0..REQUESTS {
-        assert_eq!(c.request(&format!(r#"{{"id":"{i}","signal_entry":{{"state":"s"}}}}"#)).await, signal_reply(&i.to_string(), u64::from(i) + 1));
+        assert_eq!(
+            c.request(&format!(r#"{{"id":"{i}","signal_entry":{{"state":"s"}}}}"#)).await,
+            signal_reply(&i.to_string(), u64::from(i) + 1)
+        );
     }
     let per_request = started.elapsed() / REQUESTS;
     // Delayed ACKs would make this ~40 ms; the bound leaves room for a busy machine.
@@ -607,7 +629,10 @@ async fn split_writes_after_a_pending_barrier_are_not_delayed() {
     let started = std::time::Instant::now();
     for i in 0..REQUESTS {
         c.send(&format!(r#"{{"id":"b{i}","barrier":{{"state":"b{i}","target":1}}}}"#)).await;
-        assert_eq!(c.request(&format!(r#"{{"id":"s{i}","signal_entry":{{"state":"s"}}}}"#)).await, signal_reply(&format!("s{i}"), u64::from(i) + 1));
+        assert_eq!(
+            c.request(&format!(r#"{{"id":"s{i}","signal_entry":{{"state":"s"}}}}"#)).await,
+            signal_reply(&format!("s{i}"), u64::from(i) + 1)
+        );
         server.service.signal_entry(&format!("b{i}"));
         assert_eq!(c.recv().await, barrier_reply(&format!("b{i}")));
     }

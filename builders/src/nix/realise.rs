@@ -23,7 +23,12 @@ pub(crate) struct Realised {
 }
 
 /// Builds `file` and roots its output at `out_link`.
-pub(crate) fn nix_build(file: &Path, out_link: &Path, group: &str, progress: &(dyn Fn(Progress<'_>) + Sync)) -> Result<Realised, BuildError> {
+pub(crate) fn nix_build(
+    file: &Path,
+    out_link: &Path,
+    group: &str,
+    progress: &(dyn Fn(Progress<'_>) + Sync),
+) -> Result<Realised, BuildError> {
     let mut cmd = Command::new("nix-build");
     cmd.arg(file).arg("-o").arg(out_link);
     let command = describe(&cmd);
@@ -63,13 +68,25 @@ pub(crate) fn nix_build(file: &Path, out_link: &Path, group: &str, progress: &(d
         let out = std::io::read_to_string(stdout).unwrap_or_default();
         (reader.join().unwrap_or_default(), out)
     });
-    let status = child.wait().map_err(|source| BuildError::Spawn { group: group.to_string(), command: command.clone(), source })?;
+    let status = child.wait().map_err(|source| BuildError::Spawn {
+        group: group.to_string(),
+        command: command.clone(),
+        source,
+    })?;
     if !status.success() {
-        return Err(BuildError::Command { group: group.to_string(), command, status: status.to_string(), stderr_tail: tail });
+        return Err(BuildError::Command {
+            group: group.to_string(),
+            command,
+            status: status.to_string(),
+            stderr_tail: tail,
+        });
     }
     let out = out.lines().last().unwrap_or("").trim().to_string();
     if !out.starts_with("/nix/store/") {
-        return Err(BuildError::NoProgram { group: group.to_string(), message: format!("`{command}` printed no output path\n{tail}") });
+        return Err(BuildError::NoProgram {
+            group: group.to_string(),
+            message: format!("`{command}` printed no output path\n{tail}"),
+        });
     }
     Ok(Realised { out, built: built.load(Ordering::Relaxed) })
 }

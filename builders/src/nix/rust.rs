@@ -26,7 +26,10 @@ use super::realise::nix_build;
 use super::setup::{render, write_library, Imports};
 use super::stage::copy_tree;
 use super::state::State;
-use super::{add_recursive_at, comment, fixed_path_of, invalid_paths, io_err, nix_str, output, sha256_hex, store_name, write_if_changed, GCROOTS};
+use super::{
+    add_recursive_at, comment, fixed_path_of, invalid_paths, io_err, nix_str, output, sha256_hex, store_name,
+    write_if_changed, GCROOTS,
+};
 use crate::{Artifact, BuildError, BuildRequest, Progress};
 
 pub const ID: &str = "nix:rust";
@@ -74,7 +77,10 @@ pub fn build(req: &BuildRequest<'_>) -> Result<Artifact, BuildError> {
     let realised = nix_build(&gen.file, &gen.out_link, group, req.progress)?;
     let program = Path::new(&realised.out).join("bin").join(&gen.bin);
     if !program.is_file() {
-        return Err(BuildError::NoProgram { group: group.clone(), message: format!("{} is not in the build output", program.display()) });
+        return Err(BuildError::NoProgram {
+            group: group.clone(),
+            message: format!("{} is not in the build output", program.display()),
+        });
     }
     let how = if realised.built { "built" } else { "cached (nothing to build)" };
     (req.progress)(Progress::Step(&format!("{how}: {}", realised.out)));
@@ -122,7 +128,9 @@ pub fn generate(req: &BuildRequest<'_>) -> Result<Generated, BuildError> {
     let step = |s: &str| (req.progress)(Progress::Step(s));
     let cfg = crate::exec_rust::config(req, ID)?;
     let imports = Imports::load(req.state_dir)?;
-    let plan = store_name(&req.plan_dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "plan".to_string()));
+    let plan = store_name(
+        &req.plan_dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "plan".to_string()),
+    );
     let rel = cfg.package_dir.strip_prefix(req.plan_dir).unwrap_or(Path::new("")).to_path_buf();
     let package_dir = if rel.as_os_str().is_empty() { ".".to_string() } else { rel.to_string_lossy().into_owned() };
     let rewrites = req
@@ -155,8 +163,15 @@ pub fn generate(req: &BuildRequest<'_>) -> Result<Generated, BuildError> {
     // in the temp dir then.
     let gen_dir = req.work_dir.join("nix").join(&plan);
     std::fs::create_dir_all(&gen_dir).map_err(|e| io_err(&gen_dir, e))?;
-    let stage_parent = if gen_dir.ancestors().any(|d| d.join("Cargo.toml").is_file()) { std::env::temp_dir() } else { gen_dir.clone() };
-    let stage = tempfile::Builder::new().prefix(".tg-nix-stage-").tempdir_in(&stage_parent).map_err(|e| io_err(&stage_parent, e))?;
+    let stage_parent = if gen_dir.ancestors().any(|d| d.join("Cargo.toml").is_file()) {
+        std::env::temp_dir()
+    } else {
+        gen_dir.clone()
+    };
+    let stage = tempfile::Builder::new()
+        .prefix(".tg-nix-stage-")
+        .tempdir_in(&stage_parent)
+        .map_err(|e| io_err(&stage_parent, e))?;
     let src_root = stage.path().join(format!("{plan}-src"));
     std::fs::create_dir_all(&src_root).map_err(|e| io_err(&src_root, e))?;
     copy_plan(req.plan_dir, &src_root)?;
@@ -210,11 +225,20 @@ pub fn generate(req: &BuildRequest<'_>) -> Result<Generated, BuildError> {
             })
         }
         (None, [one]) => one.clone(),
-        (None, []) => return Err(BuildError::NoProgram { group: group.to_string(), message: "the package has no binary target".into() }),
+        (None, []) => {
+            return Err(BuildError::NoProgram {
+                group: group.to_string(),
+                message: "the package has no binary target".into(),
+            })
+        }
         (None, bins) => {
             return Err(BuildError::NoProgram {
                 group: group.to_string(),
-                message: format!("the package has {} binaries ({}); choose one with build_config.bin", bins.len(), bins.join(", ")),
+                message: format!(
+                    "the package has {} binaries ({}); choose one with build_config.bin",
+                    bins.len(),
+                    bins.join(", ")
+                ),
             })
         }
     };
@@ -322,16 +346,25 @@ fn find_lock(pkg: &Path, root: &Path) -> Option<PathBuf> {
 }
 
 /// Applies the rewrites in the staged package with cargo; returns the manifest and lock to use.
-fn resolve(group: &str, pkg: &Path, root: &Path, manifest_path: &Path, has_lock: bool, rewrites: &[Rewrite<'_>]) -> Result<Resolved, BuildError> {
+fn resolve(
+    group: &str,
+    pkg: &Path,
+    root: &Path,
+    manifest_path: &Path,
+    has_lock: bool,
+    rewrites: &[Rewrite<'_>],
+) -> Result<Resolved, BuildError> {
     let mut notes = Vec::new();
     let run = |cmd: &mut Command| output(cmd.current_dir(pkg)).map_err(|f| f.for_group(group));
     if !has_lock {
         run(cargo().arg("generate-lockfile").arg("--manifest-path").arg(manifest_path))?;
         notes.push("the plan has no Cargo.lock: generated one (tg-nix keeps it for this manifest; commit a Cargo.lock to pin it yourself)".to_string());
     }
-    let mut doc: toml_edit::DocumentMut = read(manifest_path)?
-        .parse()
-        .map_err(|e| BuildError::Config { group: group.to_string(), key: "path".into(), message: format!("{}: {e}", manifest_path.display()) })?;
+    let mut doc: toml_edit::DocumentMut = read(manifest_path)?.parse().map_err(|e| BuildError::Config {
+        group: group.to_string(),
+        key: "path".into(),
+        message: format!("{}: {e}", manifest_path.display()),
+    })?;
 
     // Targets: [patch.crates-io] <module> = { path = "tg-nix-patches/<module>" }. A lock that
     // already holds the registry's crate keeps it (cargo only warns that the patch was not used),
@@ -348,11 +381,16 @@ fn resolve(group: &str, pkg: &Path, root: &Path, manifest_path: &Path, has_lock:
             let module = r.dep.module.as_str();
             let mut update = cargo();
             update.args(["update", "--manifest-path"]).arg(manifest_path).args(["-p", module]);
-            run(&mut update).map_err(|e| rewrite_error(e, &[r], &format!("cargo update -p {module} (with the [patch.crates-io] entry)")))?;
+            run(&mut update).map_err(|e| {
+                rewrite_error(e, &[r], &format!("cargo update -p {module} (with the [patch.crates-io] entry)"))
+            })?;
             let lock = find_lock(pkg, root).map(|p| read(&p)).transpose()?.unwrap_or_default();
             if !from_path_in_lock(&lock, module) {
                 let patched = read(&pkg.join(PATCHES_DIR).join(store_name(module)).join("Cargo.toml"))?;
-                let version = patched.parse::<toml_edit::DocumentMut>().ok().and_then(|d| d["package"]["version"].as_str().map(String::from));
+                let version = patched
+                    .parse::<toml_edit::DocumentMut>()
+                    .ok()
+                    .and_then(|d| d["package"]["version"].as_str().map(String::from));
                 return Err(BuildError::Rewrite {
                     group: group.to_string(),
                     rewrite: r.describe(),
@@ -379,13 +417,23 @@ fn resolve(group: &str, pkg: &Path, root: &Path, manifest_path: &Path, has_lock:
             write_if_changed(manifest_path, &doc.to_string())?;
             let mut again = cargo();
             again.args(["update", "--manifest-path"]).arg(manifest_path).args(["-p", module, "--precise", version]);
-            run(&mut again).map_err(|e| rewrite_error(e, &[r], &format!("cargo update -p {module} --precise {version} (requirement pinned to ={version})")))?;
-            notes.push(format!("{module}: the manifest's requirement did not admit {version}; pinned it to ={version}"));
+            run(&mut again).map_err(|e| {
+                rewrite_error(
+                    e,
+                    &[r],
+                    &format!("cargo update -p {module} --precise {version} (requirement pinned to ={version})"),
+                )
+            })?;
+            notes
+                .push(format!("{module}: the manifest's requirement did not admit {version}; pinned it to ={version}"));
         }
     }
 
     let Some(lock) = find_lock(pkg, root) else {
-        return Err(BuildError::NoProgram { group: group.to_string(), message: format!("cargo left no Cargo.lock in {} or above it", pkg.display()) });
+        return Err(BuildError::NoProgram {
+            group: group.to_string(),
+            message: format!("cargo left no Cargo.lock in {} or above it", pkg.display()),
+        });
     };
     let lock = read(&lock)?;
     Ok(Resolved { manifest: read(manifest_path)?, lock, bins: binaries(group, pkg, manifest_path)?, notes })
@@ -394,9 +442,11 @@ fn resolve(group: &str, pkg: &Path, root: &Path, manifest_path: &Path, has_lock:
 /// True when Cargo.lock takes `module` from a path (a package entry without `source`).
 fn from_path_in_lock(lock: &str, module: &str) -> bool {
     let Ok(doc) = lock.parse::<toml::Table>() else { return false };
-    doc.get("package").and_then(|p| p.as_array()).into_iter().flatten().any(|p| {
-        p.get("name").and_then(|n| n.as_str()) == Some(module) && p.get("source").is_none()
-    })
+    doc.get("package")
+        .and_then(|p| p.as_array())
+        .into_iter()
+        .flatten()
+        .any(|p| p.get("name").and_then(|n| n.as_str()) == Some(module) && p.get("source").is_none())
 }
 
 /// The failing command of a rewrite, told as the rewrite that failed (`what`: the command in
@@ -417,10 +467,15 @@ fn rewrite_error(e: BuildError, rewrites: &[&Rewrite<'_>], what: &str) -> BuildE
 fn unstage(e: BuildError, staged: &Path, plan_dir: &Path) -> BuildError {
     let (from, to) = (staged.to_string_lossy().into_owned(), plan_dir.to_string_lossy().into_owned());
     match e {
-        BuildError::Rewrite { group, rewrite, detail } => BuildError::Rewrite { group, rewrite, detail: detail.replace(&from, &to) },
-        BuildError::Command { group, command, status, stderr_tail } => {
-            BuildError::Command { group, command: command.replace(&from, &to), status, stderr_tail: stderr_tail.replace(&from, &to) }
+        BuildError::Rewrite { group, rewrite, detail } => {
+            BuildError::Rewrite { group, rewrite, detail: detail.replace(&from, &to) }
         }
+        BuildError::Command { group, command, status, stderr_tail } => BuildError::Command {
+            group,
+            command: command.replace(&from, &to),
+            status,
+            stderr_tail: stderr_tail.replace(&from, &to),
+        },
         other => other,
     }
 }
@@ -433,7 +488,8 @@ fn pin_requirement(doc: &mut toml_edit::DocumentMut, module: &str, version: &str
         for kind in ["dependencies", "dev-dependencies", "build-dependencies"] {
             let Some(deps) = table.get_mut(kind).and_then(|i| i.as_table_like_mut()) else { continue };
             for (name, item) in deps.iter_mut() {
-                let renamed = item.as_table_like().and_then(|t| t.get("package")).and_then(|p| p.as_str()) == Some(module);
+                let renamed =
+                    item.as_table_like().and_then(|t| t.get("package")).and_then(|p| p.as_str()) == Some(module);
                 if name.get() != module && !renamed {
                     continue;
                 }
@@ -464,10 +520,17 @@ fn pin_requirement(doc: &mut toml_edit::DocumentMut, module: &str, version: &str
 
 /// The binary targets of the package (cargo's own view: [[bin]], src/main.rs, src/bin/).
 fn binaries(group: &str, pkg: &Path, manifest_path: &Path) -> Result<Vec<String>, BuildError> {
-    let out = output(cargo().args(["metadata", "--no-deps", "--offline", "--format-version", "1", "--manifest-path"]).arg(manifest_path).current_dir(pkg))
-        .map_err(|f| f.for_group(group))?;
-    let meta: serde_json::Value = serde_json::from_str(&out)
-        .map_err(|e| BuildError::NoProgram { group: group.to_string(), message: format!("cargo metadata printed no JSON: {e}") })?;
+    let out = output(
+        cargo()
+            .args(["metadata", "--no-deps", "--offline", "--format-version", "1", "--manifest-path"])
+            .arg(manifest_path)
+            .current_dir(pkg),
+    )
+    .map_err(|f| f.for_group(group))?;
+    let meta: serde_json::Value = serde_json::from_str(&out).map_err(|e| BuildError::NoProgram {
+        group: group.to_string(),
+        message: format!("cargo metadata printed no JSON: {e}"),
+    })?;
     let want = manifest_path.canonicalize().unwrap_or_else(|_| manifest_path.to_path_buf());
     let mut bins = Vec::new();
     for p in meta["packages"].as_array().into_iter().flatten() {

@@ -19,7 +19,9 @@ use std::time::Instant;
 use serde::{Deserialize, Serialize};
 
 use super::state::State;
-use super::{add_recursive, invalid_paths, io_err, nix_str, output, set_root, sha256_hex, store_name, write_if_changed};
+use super::{
+    add_recursive, invalid_paths, io_err, nix_str, output, set_root, sha256_hex, store_name, write_if_changed,
+};
 use super::{GCROOTS, NIX_CONF, SETUP_FIX};
 use crate::BuildError;
 
@@ -91,12 +93,18 @@ impl Imports {
     /// The records of `tg-nix setup` in this home, or which one is missing.
     pub fn load(state_dir: &Path) -> Result<Imports, BuildError> {
         let missing = |what: &str| BuildError::NotReady {
-            message: format!("{what} has not been imported into the Nix store for this tg-nix home (no record in {})", state_dir.display()),
+            message: format!(
+                "{what} has not been imported into the Nix store for this tg-nix home (no record in {})",
+                state_dir.display()
+            ),
             fix: SETUP_FIX.to_string(),
         };
         if !state_dir.exists() {
             return Err(BuildError::NotReady {
-                message: format!("`tg-nix setup` has not been run for this tg-nix home (no state DB at {})", state_dir.display()),
+                message: format!(
+                    "`tg-nix setup` has not been run for this tg-nix home (no state DB at {})",
+                    state_dir.display()
+                ),
                 fix: SETUP_FIX.to_string(),
             });
         }
@@ -197,11 +205,15 @@ pub fn setup(opts: &SetupOptions<'_>) -> Result<SetupReport, BuildError> {
     }
     if let Err(e) = output(Command::new("nix-store").arg("--version")) {
         return Err(BuildError::NotReady {
-            message: format!("Nix is not installed: {}", match e {
-                super::Failure::Spawn { source, .. } => format!("nix-store: {source}"),
-                super::Failure::Status { tail, .. } => tail,
-            }),
-            fix: "apt-get install nix-bin busybox-static (scripts/setup.sh does it), then run `tg-nix setup`".to_string(),
+            message: format!(
+                "Nix is not installed: {}",
+                match e {
+                    super::Failure::Spawn { source, .. } => format!("nix-store: {source}"),
+                    super::Failure::Status { tail, .. } => tail,
+                }
+            ),
+            fix: "apt-get install nix-bin busybox-static (scripts/setup.sh does it), then run `tg-nix setup`"
+                .to_string(),
         });
     }
     let mut steps = Steps { steps: Vec::new(), progress: opts.progress };
@@ -223,10 +235,14 @@ pub fn setup(opts: &SetupOptions<'_>) -> Result<SetupReport, BuildError> {
         (busybox, rust, sysroot) = (None, None, None);
     }
     // One validity check for every recorded path.
-    let recorded: Vec<&str> = [busybox.as_ref().map(|i| i.path.as_str()), rust.as_ref().map(|i| i.path.as_str()), sysroot.as_ref().map(|s| s.path.as_str())]
-        .into_iter()
-        .flatten()
-        .collect();
+    let recorded: Vec<&str> = [
+        busybox.as_ref().map(|i| i.path.as_str()),
+        rust.as_ref().map(|i| i.path.as_str()),
+        sysroot.as_ref().map(|s| s.path.as_str()),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
     let invalid = invalid_paths(&recorded).map_err(|f| f.for_setup("checking the recorded imports"))?;
     let usable = |path: &str| !invalid.iter().any(|p| p == path);
     let imports_dir = opts.work_dir.join("nix/imports");
@@ -256,7 +272,8 @@ pub fn setup(opts: &SetupOptions<'_>) -> Result<SetupReport, BuildError> {
             std::fs::create_dir_all(dir.join("bin")).map_err(|e| io_err(&dir, e))?;
             let bin = dir.join("bin/busybox");
             std::fs::write(&bin, &bytes).map_err(|e| io_err(&bin, e))?;
-            std::fs::set_permissions(&bin, std::os::unix::fs::PermissionsExt::from_mode(0o755)).map_err(|e| io_err(&bin, e))?;
+            std::fs::set_permissions(&bin, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+                .map_err(|e| io_err(&bin, e))?;
             let (path, nar_hash) = add_recursive(&dir).map_err(|f| f.for_setup("importing busybox"))?;
             let b = Imported { key, name: "busybox-static".to_string(), path, nar_hash };
             set_root(&b.name, &b.path)?;
@@ -276,7 +293,10 @@ pub fn setup(opts: &SetupOptions<'_>) -> Result<SetupReport, BuildError> {
             r
         }
         None => {
-            (opts.progress)(&format!("rust toolchain: importing {} without share/doc (about 600 MB) …", toolchain_dir.display()));
+            (opts.progress)(&format!(
+                "rust toolchain: importing {} without share/doc (about 600 MB) …",
+                toolchain_dir.display()
+            ));
             let dir = toolchain_dir.to_string_lossy();
             let expr = format!(
                 "builtins.path {{ path = /. + {}; name = {}; filter = path: type: path != {}; }}",
@@ -365,15 +385,31 @@ fn host_toolchain() -> Result<(String, PathBuf, String), BuildError> {
 fn import_debs(imports_dir: &Path, progress: &(dyn Fn(&str) + Sync)) -> Result<Vec<Deb>, BuildError> {
     const STEP: &str = "debian sysroot";
     let mut depends = Command::new("apt-cache");
-    depends.args(["depends", "--recurse", "--no-recommends", "--no-suggests", "--no-conflicts", "--no-breaks", "--no-replaces", "--no-enhances"]);
+    depends.args([
+        "depends",
+        "--recurse",
+        "--no-recommends",
+        "--no-suggests",
+        "--no-conflicts",
+        "--no-breaks",
+        "--no-replaces",
+        "--no-enhances",
+    ]);
     depends.args(SYSROOT_PACKAGES);
     let out = output(&mut depends).map_err(|f| f.for_setup(STEP))?;
     // Package names start the line; indented lines are relations, `<…>` are virtual packages.
-    let mut packages: Vec<String> =
-        out.lines().filter(|l| l.starts_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit())).map(str::to_string).collect();
+    let mut packages: Vec<String> = out
+        .lines()
+        .filter(|l| l.starts_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit()))
+        .map(str::to_string)
+        .collect();
     packages.sort();
     packages.dedup();
-    progress(&format!("{STEP}: {} packages in the closure of {}; downloading with apt …", packages.len(), SYSROOT_PACKAGES.join(" ")));
+    progress(&format!(
+        "{STEP}: {} packages in the closure of {}; downloading with apt …",
+        packages.len(),
+        SYSROOT_PACKAGES.join(" ")
+    ));
 
     let dir = imports_dir.join("debs");
     std::fs::create_dir_all(&dir).map_err(|e| io_err(&dir, e))?;
@@ -385,7 +421,9 @@ fn import_debs(imports_dir: &Path, progress: &(dyn Fn(&str) + Sync)) -> Result<V
             progress(&format!("{STEP}: apt could not download the .debs; running apt-get update and trying again …"));
             output(Command::new("apt-get").args(["update", "-qq"])).map_err(|f| f.for_setup(STEP))?;
             download_debs(&packages, &dir).map_err(|again| match again {
-                BuildError::Setup { step, message } => BuildError::Setup { step, message: format!("{message}\n(before apt-get update: {first})") },
+                BuildError::Setup { step, message } => {
+                    BuildError::Setup { step, message: format!("{message}\n(before apt-get update: {first})") }
+                }
                 other => other,
             })?
         }
@@ -397,13 +435,19 @@ fn import_debs(imports_dir: &Path, progress: &(dyn Fn(&str) + Sync)) -> Result<V
     let mut files = Vec::new();
     for (url, file, sha256) in entries {
         let Some(path) = local_deb(&dir, &file) else {
-            return Err(BuildError::Setup { step: STEP.to_string(), message: format!("apt-get download did not save {file} in {}", dir.display()) });
+            return Err(BuildError::Setup {
+                step: STEP.to_string(),
+                message: format!("apt-get download did not save {file} in {}", dir.display()),
+            });
         };
         let actual = sha256_hex(&std::fs::read(&path).map_err(|e| io_err(&path, e))?);
         if actual != sha256 {
             return Err(BuildError::Setup {
                 step: STEP.to_string(),
-                message: format!("{}: SHA256 {actual} does not match apt's index ({sha256}); delete it and run `tg-nix setup` again", path.display()),
+                message: format!(
+                    "{}: SHA256 {actual} does not match apt's index ({sha256}); delete it and run `tg-nix setup` again",
+                    path.display()
+                ),
             });
         }
         let name = store_name(&file);
@@ -422,30 +466,42 @@ fn download_debs(packages: &[String], dir: &Path) -> Result<Vec<(String, String,
     const STEP: &str = "debian sysroot";
     // apt prints nothing for a .deb already in the current directory, so ask from an empty one.
     let empty = tempfile::tempdir().map_err(|e| io_err(Path::new("/tmp"), e))?;
-    let uris = output(Command::new("apt-get").args(["download", "--print-uris"]).args(packages).current_dir(empty.path()))
-        .map_err(|f| f.for_setup(STEP))?;
+    let uris =
+        output(Command::new("apt-get").args(["download", "--print-uris"]).args(packages).current_dir(empty.path()))
+            .map_err(|f| f.for_setup(STEP))?;
     let mut entries = Vec::new();
     for line in uris.lines().filter(|l| !l.trim().is_empty()) {
         let fields: Vec<&str> = line.split_whitespace().collect();
         let (Some(url), Some(file), Some(hash)) = (fields.first(), fields.get(1), fields.get(3)) else {
-            return Err(BuildError::Setup { step: STEP.to_string(), message: format!("unexpected line from apt-get download --print-uris: {line}") });
+            return Err(BuildError::Setup {
+                step: STEP.to_string(),
+                message: format!("unexpected line from apt-get download --print-uris: {line}"),
+            });
         };
         let Some(sha256) = hash.strip_prefix("SHA256:") else {
-            return Err(BuildError::Setup { step: STEP.to_string(), message: format!("apt gives no SHA256 for {file}: {line}") });
+            return Err(BuildError::Setup {
+                step: STEP.to_string(),
+                message: format!("apt gives no SHA256 for {file}: {line}"),
+            });
         };
         entries.push((url.trim_matches('\'').to_string(), file.to_string(), sha256.to_lowercase()));
     }
     if entries.len() != packages.len() {
         return Err(BuildError::Setup {
             step: STEP.to_string(),
-            message: format!("apt-get download --print-uris gave {} .debs for {} packages", entries.len(), packages.len()),
+            message: format!(
+                "apt-get download --print-uris gave {} .debs for {} packages",
+                entries.len(),
+                packages.len()
+            ),
         });
     }
     let verified = |file: &str, sha256: &str| {
         local_deb(dir, file).and_then(|p| std::fs::read(&p).ok()).map(|b| sha256_hex(&b) == sha256).unwrap_or(false)
     };
     if entries.iter().any(|(_, file, sha)| !verified(file, sha)) {
-        output(Command::new("apt-get").args(["download", "-q"]).args(packages).current_dir(dir)).map_err(|f| f.for_setup(STEP))?;
+        output(Command::new("apt-get").args(["download", "-q"]).args(packages).current_dir(dir))
+            .map_err(|f| f.for_setup(STEP))?;
     }
     Ok(entries)
 }
@@ -495,10 +551,14 @@ pub fn status(state_dir: &Path) -> Vec<ImportStatus> {
     let rust: Option<Imported> = state.get(KEY_RUST);
     let sysroot: Option<Sysroot> = state.get(KEY_SYSROOT);
     drop(state);
-    let paths: Vec<&str> = [busybox.as_ref().map(|i| i.path.as_str()), rust.as_ref().map(|i| i.path.as_str()), sysroot.as_ref().map(|s| s.path.as_str())]
-        .into_iter()
-        .flatten()
-        .collect();
+    let paths: Vec<&str> = [
+        busybox.as_ref().map(|i| i.path.as_str()),
+        rust.as_ref().map(|i| i.path.as_str()),
+        sysroot.as_ref().map(|s| s.path.as_str()),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
     let invalid = invalid_paths(&paths).unwrap_or_default();
     let describe = |path: &str, what: String| {
         if invalid.iter().any(|p| p == path) {
@@ -528,7 +588,10 @@ pub fn status(state_dir: &Path) -> Vec<ImportStatus> {
             if ok {
                 if let Ok((key, dir, _)) = host_toolchain() {
                     if key != r.key {
-                        detail.push_str(&format!(" (the host's toolchain {} changed since: `tg-nix setup` imports it)", dir.display()));
+                        detail.push_str(&format!(
+                            " (the host's toolchain {} changed since: `tg-nix setup` imports it)",
+                            dir.display()
+                        ));
                     }
                 }
             }
@@ -545,11 +608,25 @@ mod tests {
 
     #[test]
     fn imports_nix_renders_escaped() {
-        let i = |name: &str| Imported { key: "k".into(), name: name.into(), path: "/nix/store/x".into(), nar_hash: "0abc".into() };
-        let debs = vec![Deb { name: "libc6_2.36_amd64.deb".into(), url: "http://d/libc6_2.36%2b_amd64.deb".into(), sha256: "ff".into() }];
+        let i = |name: &str| Imported {
+            key: "k".into(),
+            name: name.into(),
+            path: "/nix/store/x".into(),
+            nar_hash: "0abc".into(),
+        };
+        let debs = vec![Deb {
+            name: "libc6_2.36_amd64.deb".into(),
+            url: "http://d/libc6_2.36%2b_amd64.deb".into(),
+            sha256: "ff".into(),
+        }];
         let text = render_imports(&i("busybox-static"), &i("rust-1.95.0-x86_64-unknown-linux-gnu"), &debs);
         assert!(text.contains(r#"busybox = { name = "busybox-static"; narHash = "0abc"; };"#), "{text}");
-        assert!(text.contains(r#"{ name = "libc6_2.36_amd64.deb"; url = "http://d/libc6_2.36%2b_amd64.deb"; sha256 = "ff"; }"#), "{text}");
+        assert!(
+            text.contains(
+                r#"{ name = "libc6_2.36_amd64.deb"; url = "http://d/libc6_2.36%2b_amd64.deb"; sha256 = "ff"; }"#
+            ),
+            "{text}"
+        );
         assert!(text.contains("(1 packages)"));
     }
 

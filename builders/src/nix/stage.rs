@@ -11,10 +11,8 @@ use crate::BuildError;
 pub(crate) fn copy_tree(from: &Path, to: &Path, exclude_top: &[&str]) -> Result<(), BuildError> {
     std::fs::create_dir_all(to).map_err(|e| io_err(to, e))?;
     let has_manifest = from.join("Cargo.toml").is_file();
-    let mut entries: Vec<_> = std::fs::read_dir(from)
-        .map_err(|e| io_err(from, e))?
-        .collect::<Result<_, _>>()
-        .map_err(|e| io_err(from, e))?;
+    let mut entries: Vec<_> =
+        std::fs::read_dir(from).map_err(|e| io_err(from, e))?.collect::<Result<_, _>>().map_err(|e| io_err(from, e))?;
     entries.sort_by_key(|e| e.file_name());
     for entry in entries {
         let name = entry.file_name();

@@ -37,7 +37,10 @@ impl State {
                 }
                 Err(e) => {
                     let hint = if is_locked(&e) { " (another tg-nix process kept it open for 2 minutes)" } else { "" };
-                    return Err(BuildError::State { path: dir.display().to_string(), message: format!("cannot open: {e}{hint}") });
+                    return Err(BuildError::State {
+                        path: dir.display().to_string(),
+                        message: format!("cannot open: {e}{hint}"),
+                    });
                 }
             }
         }

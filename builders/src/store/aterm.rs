@@ -11,21 +11,13 @@ use super::path::StorePathError;
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum AtermError {
     #[error("byte {pos}: expected {expected}, found {found}")]
-    Unexpected {
-        pos: usize,
-        expected: &'static str,
-        found: String,
-    },
+    Unexpected { pos: usize, expected: &'static str, found: String },
     #[error("byte {pos}: {what} is not valid UTF-8")]
     NotUtf8 { pos: usize, what: &'static str },
     #[error("byte {pos}: {source}")]
     StorePath { pos: usize, source: StorePathError },
     #[error("byte {pos}: {what} `{key}` appears twice")]
-    Duplicate {
-        pos: usize,
-        what: &'static str,
-        key: String,
-    },
+    Duplicate { pos: usize, what: &'static str, key: String },
 }
 
 /// Appends `s` as a quoted, escaped ATerm string.
@@ -83,11 +75,7 @@ impl<'a> Reader<'a> {
             let shown = &rest[..rest.len().min(20)];
             format!("`{}`", String::from_utf8_lossy(shown))
         };
-        AtermError::Unexpected {
-            pos: self.pos,
-            expected,
-            found,
-        }
+        AtermError::Unexpected { pos: self.pos, expected, found }
     }
 
     /// Consumes `token` or fails naming it.
@@ -203,30 +191,13 @@ mod tests {
     fn reports_positions() {
         let mut r = Reader::new(b"[\"a\";\"b\"]");
         let err = r.list(|r| r.string()).unwrap_err();
-        assert_eq!(
-            err,
-            AtermError::Unexpected {
-                pos: 4,
-                expected: "`,` or `]`",
-                found: "`;\"b\"]`".into()
-            }
-        );
+        assert_eq!(err, AtermError::Unexpected { pos: 4, expected: "`,` or `]`", found: "`;\"b\"]`".into() });
         let mut r = Reader::new(b"\"abc");
         assert_eq!(
             r.string().unwrap_err(),
-            AtermError::Unexpected {
-                pos: 4,
-                expected: "closing `\"`",
-                found: "end of input".into()
-            }
+            AtermError::Unexpected { pos: 4, expected: "closing `\"`", found: "end of input".into() }
         );
         let mut r = Reader::new(b"\"\xff\"");
-        assert_eq!(
-            r.utf8_string("system").unwrap_err(),
-            AtermError::NotUtf8 {
-                pos: 0,
-                what: "system"
-            }
-        );
+        assert_eq!(r.utf8_string("system").unwrap_err(), AtermError::NotUtf8 { pos: 0, what: "system" });
     }
 }

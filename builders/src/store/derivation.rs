@@ -12,9 +12,7 @@ use std::path::{Path, PathBuf};
 
 use super::aterm::{write_list, write_string, AtermError, Reader};
 use super::hash::{sha256, to_hex, FileIngestionMethod, HashAlgo, HashError, NixHash};
-use super::path::{
-    make_fixed_output_path, make_output_path, make_text_path, StorePath, StorePathError,
-};
+use super::path::{make_fixed_output_path, make_output_path, make_text_path, StorePath, StorePathError};
 
 /// Why a derivation's hashes or paths could not be computed, or a `.drv` file not read.
 #[derive(Debug, thiserror::Error)]
@@ -23,7 +21,9 @@ pub enum DerivationError {
     MissingName,
     #[error("the derivation has no outputs")]
     NoOutputs,
-    #[error("input derivation {0} has no known hashDerivationModulo: hash every input derivation before its dependents")]
+    #[error(
+        "input derivation {0} has no known hashDerivationModulo: hash every input derivation before its dependents"
+    )]
     UnknownInputDerivation(StorePath),
     #[error("output `{0}` has no path yet: call compute_output_paths first")]
     MissingOutputPath(String),
@@ -55,11 +55,7 @@ pub struct Output {
 impl Output {
     /// A fixed output expecting `hash` (what `outputHashMode`/`outputHashAlgo`/`outputHash` become).
     pub fn fixed(method: FileIngestionMethod, hash: &NixHash) -> Self {
-        Output {
-            path: None,
-            hash_algo: format!("{}{}", method.prefix(), hash.algo()),
-            hash: hash.to_hex(),
-        }
+        Output { path: None, hash_algo: format!("{}{}", method.prefix(), hash.algo()), hash: hash.to_hex() }
     }
 
     /// Whether this output carries a fixed hash.
@@ -68,23 +64,16 @@ impl Output {
     }
 
     /// The ingestion method and hash of a fixed output.
-    pub fn fixed_hash(
-        &self,
-        output: &str,
-    ) -> Result<(FileIngestionMethod, NixHash), DerivationError> {
+    pub fn fixed_hash(&self, output: &str) -> Result<(FileIngestionMethod, NixHash), DerivationError> {
         let (method, algo) = match self.hash_algo.strip_prefix("r:") {
             Some(algo) => (FileIngestionMethod::Recursive, algo),
             None => (FileIngestionMethod::Flat, self.hash_algo.as_str()),
         };
-        let unsupported = || DerivationError::UnsupportedOutput {
-            output: output.to_string(),
-            hash_algo: self.hash_algo.clone(),
-        };
+        let unsupported =
+            || DerivationError::UnsupportedOutput { output: output.to_string(), hash_algo: self.hash_algo.clone() };
         let algo: HashAlgo = algo.parse().map_err(|_| unsupported())?;
-        let hash = NixHash::parse(algo, &self.hash).map_err(|source| DerivationError::Hash {
-            output: output.to_string(),
-            source,
-        })?;
+        let hash = NixHash::parse(algo, &self.hash)
+            .map_err(|source| DerivationError::Hash { output: output.to_string(), source })?;
         Ok((method, hash))
     }
 }
@@ -114,11 +103,7 @@ impl Derivation {
     /// A derivation with one output `out` and `name`, `system` and `builder` in its environment,
     /// as the `derivation` builtin makes them (it does not put `args` in the environment).
     pub fn new(name: &str, system: &str, builder: &str) -> Self {
-        let mut drv = Derivation {
-            system: system.to_string(),
-            builder: builder.to_string(),
-            ..Derivation::default()
-        };
+        let mut drv = Derivation { system: system.to_string(), builder: builder.to_string(), ..Derivation::default() };
         drv.outputs.insert("out".to_string(), Output::default());
         drv.set_env("name", name);
         drv.set_env("system", system);
@@ -133,10 +118,7 @@ impl Derivation {
 
     /// The derivation name, from `env.name` (Nix takes the `.drv` and output names from it).
     pub fn name(&self) -> Result<&str, DerivationError> {
-        self.env
-            .get("name")
-            .and_then(|n| std::str::from_utf8(n).ok())
-            .ok_or(DerivationError::MissingName)
+        self.env.get("name").and_then(|n| std::str::from_utf8(n).ok()).ok_or(DerivationError::MissingName)
     }
 
     /// The path of output `name`, once computed.
@@ -153,11 +135,7 @@ impl Derivation {
         match self.outputs.get("out") {
             Some(out) if self.outputs.len() == 1 && out.is_fixed() => Ok(Some(out)),
             _ => Err(DerivationError::InvalidFixedOutput(
-                self.outputs
-                    .keys()
-                    .map(String::as_str)
-                    .collect::<Vec<_>>()
-                    .join(", "),
+                self.outputs.keys().map(String::as_str).collect::<Vec<_>>().join(", "),
             )),
         }
     }
@@ -198,14 +176,12 @@ impl Derivation {
             InputDrvKeys::Paths => write_list(out, &self.input_drvs, |out, (path, outputs)| {
                 write_input(out, path.to_string().as_bytes(), outputs)
             }),
-            InputDrvKeys::Hashes(hashes) => write_list(out, hashes, |out, (hash, outputs)| {
-                write_input(out, hash.as_bytes(), outputs)
-            }),
+            InputDrvKeys::Hashes(hashes) => {
+                write_list(out, hashes, |out, (hash, outputs)| write_input(out, hash.as_bytes(), outputs))
+            }
         }
         out.push(b',');
-        write_list(out, &self.input_srcs, |out, p| {
-            write_string(out, p.to_string().as_bytes())
-        });
+        write_list(out, &self.input_srcs, |out, p| write_string(out, p.to_string().as_bytes()));
         out.push(b',');
         write_string(out, self.system.as_bytes());
         out.push(b',');
@@ -231,15 +207,10 @@ impl Derivation {
         fn store_path(r: &mut Reader<'_>, what: &'static str) -> Result<StorePath, AtermError> {
             let pos = r.pos();
             let s = r.utf8_string(what)?;
-            s.parse()
-                .map_err(|source| AtermError::StorePath { pos, source })
+            s.parse().map_err(|source| AtermError::StorePath { pos, source })
         }
         fn duplicate(pos: usize, what: &'static str, key: impl ToString) -> AtermError {
-            AtermError::Duplicate {
-                pos,
-                what,
-                key: key.to_string(),
-            }
+            AtermError::Duplicate { pos, what, key: key.to_string() }
         }
 
         let mut r = Reader::new(input);
@@ -254,25 +225,14 @@ impl Derivation {
             let path = r.utf8_string("output path")?;
             let path = match path.as_str() {
                 "" => None,
-                p => Some(p.parse().map_err(|source| AtermError::StorePath {
-                    pos: path_pos,
-                    source,
-                })?),
+                p => Some(p.parse().map_err(|source| AtermError::StorePath { pos: path_pos, source })?),
             };
             r.expect(",")?;
             let hash_algo = r.utf8_string("output hash algorithm")?;
             r.expect(",")?;
             let hash = r.utf8_string("output hash")?;
             r.expect(")")?;
-            Ok((
-                pos,
-                name,
-                Output {
-                    path,
-                    hash_algo,
-                    hash,
-                },
-            ))
+            Ok((pos, name, Output { path, hash_algo, hash }))
         })? {
             if drv.outputs.insert(name.clone(), output).is_some() {
                 return Err(duplicate(pos, "output", name));
@@ -330,14 +290,8 @@ impl Derivation {
 
     /// Reads and parses a `.drv` file.
     pub fn read(path: &Path) -> Result<Self, DerivationError> {
-        let bytes = std::fs::read(path).map_err(|source| DerivationError::Read {
-            path: path.to_path_buf(),
-            source,
-        })?;
-        Derivation::parse_aterm(&bytes).map_err(|source| DerivationError::Parse {
-            path: path.to_path_buf(),
-            source,
-        })
+        let bytes = std::fs::read(path).map_err(|source| DerivationError::Read { path: path.to_path_buf(), source })?;
+        Derivation::parse_aterm(&bytes).map_err(|source| DerivationError::Parse { path: path.to_path_buf(), source })
     }
 
     /// `hashDerivationModulo` in Nix C++: the hash that stands for this derivation in the output
@@ -357,10 +311,7 @@ impl Derivation {
         // `lookup` for every input and must not run for fixed-output derivations.
         match self.fixed_output()? {
             Some(out) => {
-                let path = out
-                    .path
-                    .as_ref()
-                    .ok_or_else(|| DerivationError::MissingOutputPath("out".into()))?;
+                let path = out.path.as_ref().ok_or_else(|| DerivationError::MissingOutputPath("out".into()))?;
                 let fingerprint = format!("fixed:out:{}:{}:{path}", out.hash_algo, out.hash);
                 Ok(sha256(fingerprint.as_bytes()))
             }
@@ -375,8 +326,7 @@ impl Derivation {
     ) -> Result<[u8; 32], DerivationError> {
         let mut by_hash: BTreeMap<String, &BTreeSet<String>> = BTreeMap::new();
         for (drv_path, outputs) in &self.input_drvs {
-            let hash = lookup(drv_path)
-                .ok_or_else(|| DerivationError::UnknownInputDerivation(drv_path.clone()))?;
+            let hash = lookup(drv_path).ok_or_else(|| DerivationError::UnknownInputDerivation(drv_path.clone()))?;
             // Nix 2.8 uses insert_or_assign here: two inputs with the same modulo hash keep the
             // output set of the later one.
             by_hash.insert(to_hex(&hash), outputs);
@@ -413,10 +363,7 @@ impl Derivation {
             return Err(DerivationError::NoOutputs);
         }
         if let Some((output, o)) = self.outputs.iter().find(|(_, o)| !o.hash_algo.is_empty()) {
-            return Err(DerivationError::UnsupportedOutput {
-                output: output.clone(),
-                hash_algo: o.hash_algo.clone(),
-            });
+            return Err(DerivationError::UnsupportedOutput { output: output.clone(), hash_algo: o.hash_algo.clone() });
         }
         let mut blank = self.clone();
         for (output, o) in blank.outputs.iter_mut() {
@@ -446,11 +393,7 @@ impl Derivation {
             return Err(DerivationError::MissingOutputPath(output.clone()));
         }
         let references = self.input_srcs.iter().chain(self.input_drvs.keys());
-        Ok(make_text_path(
-            &format!("{name}.drv"),
-            &sha256(&self.to_aterm()),
-            references,
-        )?)
+        Ok(make_text_path(&format!("{name}.drv"), &sha256(&self.to_aterm()), references)?)
     }
 }
 
@@ -491,17 +434,11 @@ mod tests {
     #[test]
     fn unknown_inputs_are_errors_and_leave_the_derivation_alone() {
         let mut d = sample();
-        let input: StorePath = "/nix/store/00000000000000000000000000000000-dep.drv"
-            .parse()
-            .unwrap();
-        d.input_drvs
-            .insert(input.clone(), ["out".to_string()].into());
+        let input: StorePath = "/nix/store/00000000000000000000000000000000-dep.drv".parse().unwrap();
+        d.input_drvs.insert(input.clone(), ["out".to_string()].into());
         let before = d.clone();
         let err = d.compute_output_paths(|_| None).unwrap_err();
-        assert!(
-            matches!(err, DerivationError::UnknownInputDerivation(ref p) if *p == input),
-            "{err}"
-        );
+        assert!(matches!(err, DerivationError::UnknownInputDerivation(ref p) if *p == input), "{err}");
         assert_eq!(d, before);
     }
 
@@ -509,21 +446,11 @@ mod tests {
     fn fixed_output_modulo_does_not_consult_inputs() {
         let mut d = Derivation::new("vendor", "x86_64-linux", "/bin/sh");
         let hash = NixHash::sha256([1; 32]);
-        d.outputs.insert(
-            "out".into(),
-            Output::fixed(FileIngestionMethod::Recursive, &hash),
-        );
-        d.input_drvs.insert(
-            "/nix/store/00000000000000000000000000000000-dep.drv"
-                .parse()
-                .unwrap(),
-            ["out".to_string()].into(),
-        );
-        d.compute_output_paths(|_| panic!("a fixed output's path must not look at inputs"))
-            .unwrap();
-        let modulo = d
-            .hash_derivation_modulo(|_| panic!("STYLE §4 defect (b): lookup called for a FOD"))
-            .unwrap();
+        d.outputs.insert("out".into(), Output::fixed(FileIngestionMethod::Recursive, &hash));
+        d.input_drvs
+            .insert("/nix/store/00000000000000000000000000000000-dep.drv".parse().unwrap(), ["out".to_string()].into());
+        d.compute_output_paths(|_| panic!("a fixed output's path must not look at inputs")).unwrap();
+        let modulo = d.hash_derivation_modulo(|_| panic!("STYLE §4 defect (b): lookup called for a FOD")).unwrap();
         let path = d.output_path("out").unwrap();
         let want = sha256(format!("fixed:out:r:sha256:{}:{path}", hash.to_hex()).as_bytes());
         assert_eq!(modulo, want);
@@ -532,21 +459,14 @@ mod tests {
     #[test]
     fn fixed_hash_must_be_on_the_only_output_out() {
         let mut d = sample();
-        d.outputs.insert(
-            "dev".into(),
-            Output::fixed(FileIngestionMethod::Flat, &NixHash::sha256([0; 32])),
-        );
-        assert!(
-            matches!(d.fixed_output(), Err(DerivationError::InvalidFixedOutput(ref o)) if o == "dev, out")
-        );
+        d.outputs.insert("dev".into(), Output::fixed(FileIngestionMethod::Flat, &NixHash::sha256([0; 32])));
+        assert!(matches!(d.fixed_output(), Err(DerivationError::InvalidFixedOutput(ref o)) if o == "dev, out"));
     }
 
     #[test]
     fn drv_path_needs_output_paths() {
         let d = sample();
-        assert!(
-            matches!(d.drv_path(), Err(DerivationError::MissingOutputPath(ref o)) if o == "out")
-        );
+        assert!(matches!(d.drv_path(), Err(DerivationError::MissingOutputPath(ref o)) if o == "out"));
     }
 
     #[test]
@@ -558,24 +478,16 @@ mod tests {
         trailing.push(b'\n');
         assert!(matches!(
             Derivation::parse_aterm(&trailing),
-            Err(AtermError::Unexpected {
-                expected: "end of input",
-                ..
-            })
+            Err(AtermError::Unexpected { expected: "end of input", .. })
         ));
         let s = String::from_utf8_lossy(&text).into_owned();
         let dup = s.replacen("[(\"builder\"", "[(\"builder\",\"x\"),(\"builder\"", 1);
         assert!(matches!(
             Derivation::parse_aterm(dup.as_bytes()),
-            Err(AtermError::Duplicate {
-                what: "environment variable",
-                ..
-            })
+            Err(AtermError::Duplicate { what: "environment variable", .. })
         ));
         assert!(matches!(
-            Derivation::parse_aterm(
-                b"Derive([(\"out\",\"/tmp/x\",\"\",\"\")],[],[],\"\",\"\",[],[])"
-            ),
+            Derivation::parse_aterm(b"Derive([(\"out\",\"/tmp/x\",\"\",\"\")],[],[],\"\",\"\",[],[])"),
             Err(AtermError::StorePath { pos: 15, .. })
         ));
     }

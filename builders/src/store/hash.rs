@@ -14,20 +14,9 @@ pub enum HashError {
     #[error("unknown hash algorithm `{0}` (known: md5, sha1, sha256, sha512)")]
     UnknownAlgorithm(String),
     #[error("a {algo} hash has {expected} bytes, got {got}")]
-    WrongLength {
-        algo: HashAlgo,
-        expected: usize,
-        got: usize,
-    },
-    #[error(
-        "`{value}` is not a {algo} hash in hex ({hex} characters) or nix-base32 ({base32} characters)"
-    )]
-    InvalidEncoding {
-        algo: HashAlgo,
-        value: String,
-        hex: usize,
-        base32: usize,
-    },
+    WrongLength { algo: HashAlgo, expected: usize, got: usize },
+    #[error("`{value}` is not a {algo} hash in hex ({hex} characters) or nix-base32 ({base32} characters)")]
+    InvalidEncoding { algo: HashAlgo, value: String, hex: usize, base32: usize },
 }
 
 /// SHA-256 of `data`.
@@ -60,9 +49,7 @@ pub fn from_hex(s: &str) -> Option<Vec<u8>> {
     if !pairs.remainder().is_empty() {
         return None;
     }
-    pairs
-        .map(|p| Some(nibble(p[0])? << 4 | nibble(p[1])?))
-        .collect()
+    pairs.map(|p| Some(nibble(p[0])? << 4 | nibble(p[1])?)).collect()
 }
 
 /// The length of the nix-base32 form of `n` bytes: `ceil(8n / 5)`.
@@ -187,21 +174,14 @@ impl NixHash {
     /// Wraps a digest, checking its length against `algo`.
     pub fn new(algo: HashAlgo, digest: Vec<u8>) -> Result<Self, HashError> {
         if digest.len() != algo.digest_len() {
-            return Err(HashError::WrongLength {
-                algo,
-                expected: algo.digest_len(),
-                got: digest.len(),
-            });
+            return Err(HashError::WrongLength { algo, expected: algo.digest_len(), got: digest.len() });
         }
         Ok(NixHash { algo, digest })
     }
 
     /// A SHA-256 digest, such as [`nar_sha256`](super::nar_sha256) returns.
     pub fn sha256(digest: [u8; 32]) -> Self {
-        NixHash {
-            algo: HashAlgo::Sha256,
-            digest: digest.to_vec(),
-        }
+        NixHash { algo: HashAlgo::Sha256, digest: digest.to_vec() }
     }
 
     /// Hashes `data` with `algo`. MD5 and SHA-1 are not offered: tg-nix only ever produces SHA-256
@@ -228,12 +208,7 @@ impl NixHash {
         };
         match digest {
             Some(digest) => NixHash::new(algo, digest),
-            None => Err(HashError::InvalidEncoding {
-                algo,
-                value: s.to_string(),
-                hex: hex_len,
-                base32: b32_len,
-            }),
+            None => Err(HashError::InvalidEncoding { algo, value: s.to_string(), hex: hex_len, base32: b32_len }),
         }
     }
 
@@ -271,14 +246,8 @@ mod tests {
         // `nix-hash --type sha256 --to-base32` of sha256("") on this machine's Nix 2.8.
         let empty = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
         let digest = from_hex(empty).unwrap();
-        assert_eq!(
-            nixbase32_encode(&digest),
-            "0mdqa9w1p6cmli6976v4wi0sw9r4p5prkj7lzfd1877wk11c9c73"
-        );
-        assert_eq!(
-            nixbase32_decode("0mdqa9w1p6cmli6976v4wi0sw9r4p5prkj7lzfd1877wk11c9c73"),
-            Some(digest)
-        );
+        assert_eq!(nixbase32_encode(&digest), "0mdqa9w1p6cmli6976v4wi0sw9r4p5prkj7lzfd1877wk11c9c73");
+        assert_eq!(nixbase32_decode("0mdqa9w1p6cmli6976v4wi0sw9r4p5prkj7lzfd1877wk11c9c73"), Some(digest));
     }
 
     #[test]
@@ -290,17 +259,9 @@ mod tests {
             assert_eq!(nixbase32_decode(&s), Some(bytes));
         }
         assert_eq!(nixbase32_decode("e000"), None, "e is not in the alphabet");
-        assert_eq!(
-            nixbase32_decode("000"),
-            None,
-            "3 characters is no canonical length"
-        );
+        assert_eq!(nixbase32_decode("000"), None, "3 characters is no canonical length");
         assert_eq!(nixbase32_decode("0"), None);
-        assert_eq!(
-            nixbase32_decode("zz"),
-            None,
-            "bits beyond the last byte are set"
-        );
+        assert_eq!(nixbase32_decode("zz"), None, "bits beyond the last byte are set");
     }
 
     #[test]
@@ -333,23 +294,12 @@ mod tests {
         assert_eq!(a.to_hex(), hex);
         assert!(matches!(
             NixHash::parse(HashAlgo::Sha1, hex),
-            Err(HashError::InvalidEncoding {
-                hex: 40,
-                base32: 32,
-                ..
-            })
+            Err(HashError::InvalidEncoding { hex: 40, base32: 32, .. })
         ));
         assert_eq!(
             NixHash::new(HashAlgo::Sha1, vec![0; 32]),
-            Err(HashError::WrongLength {
-                algo: HashAlgo::Sha1,
-                expected: 20,
-                got: 32
-            })
+            Err(HashError::WrongLength { algo: HashAlgo::Sha1, expected: 20, got: 32 })
         );
-        assert_eq!(
-            "sha3".parse::<HashAlgo>(),
-            Err(HashError::UnknownAlgorithm("sha3".into()))
-        );
+        assert_eq!("sha3".parse::<HashAlgo>(), Err(HashError::UnknownAlgorithm("sha3".into())));
     }
 }

@@ -84,12 +84,7 @@ impl<'a, W: Write> Node<'a, W> {
     }
 
     /// A regular file of exactly `size` bytes read from `contents`.
-    pub fn file(
-        mut self,
-        executable: bool,
-        size: u64,
-        contents: &mut impl Read,
-    ) -> Result<(), NarError> {
+    pub fn file(mut self, executable: bool, size: u64, contents: &mut impl Read) -> Result<(), NarError> {
         self.mark_written();
         write_token(self.out, b"(")?;
         write_token(self.out, b"type")?;
@@ -102,10 +97,7 @@ impl<'a, W: Write> Node<'a, W> {
         self.out.write_all(&size.to_le_bytes())?;
         let actual = io::copy(&mut contents.take(size), self.out)?;
         if actual != size {
-            return Err(NarError::FileTooShort {
-                declared: size,
-                actual,
-            });
+            return Err(NarError::FileTooShort { declared: size, actual });
         }
         if contents.read(&mut [0u8; 1])? != 0 {
             return Err(NarError::FileTooLong { declared: size });
@@ -122,11 +114,7 @@ impl<'a, W: Write> Node<'a, W> {
         for token in [&b"("[..], b"type", b"directory"] {
             write_token(self.out, token)?;
         }
-        Ok(Directory {
-            out: self.out,
-            previous: None,
-            child_written: true,
-        })
+        Ok(Directory { out: self.out, previous: None, child_written: true })
     }
 }
 
@@ -152,20 +140,12 @@ impl<W: Write> Directory<'_, W> {
 
     /// Opens the entry `name` and returns the node to write into it.
     pub fn entry(&mut self, name: &[u8]) -> Result<Node<'_, W>, NarError> {
-        if name.is_empty()
-            || name == b"."
-            || name == b".."
-            || name.contains(&b'/')
-            || name.contains(&0)
-        {
+        if name.is_empty() || name == b"." || name == b".." || name.contains(&b'/') || name.contains(&0) {
             return Err(NarError::InvalidEntryName(name.to_vec()));
         }
         if let Some(previous) = &self.previous {
             if name <= previous.as_slice() {
-                return Err(NarError::EntryOutOfOrder {
-                    previous: previous.clone(),
-                    name: name.to_vec(),
-                });
+                return Err(NarError::EntryOutOfOrder { previous: previous.clone(), name: name.to_vec() });
             }
         }
         self.finish_entry()?;
@@ -174,10 +154,7 @@ impl<W: Write> Directory<'_, W> {
         }
         self.previous = Some(name.to_vec());
         self.child_written = false;
-        Ok(Node {
-            out: &mut *self.out,
-            written: Some(&mut self.child_written),
-        })
+        Ok(Node { out: &mut *self.out, written: Some(&mut self.child_written) })
     }
 
     /// Ends the directory.
@@ -194,10 +171,7 @@ pub fn dump_path(path: &Path, out: &mut impl Write) -> Result<(), NarError> {
 }
 
 fn dump_node<W: Write>(path: &Path, node: Node<'_, W>) -> Result<(), NarError> {
-    let fs_err = |source| NarError::Fs {
-        path: path.to_path_buf(),
-        source,
-    };
+    let fs_err = |source| NarError::Fs { path: path.to_path_buf(), source };
     let meta = fs::symlink_metadata(path).map_err(fs_err)?;
     let file_type = meta.file_type();
     if file_type.is_symlink() {
@@ -206,21 +180,15 @@ fn dump_node<W: Write>(path: &Path, node: Node<'_, W>) -> Result<(), NarError> {
     } else if file_type.is_file() {
         let mut file = File::open(path).map_err(fs_err)?;
         let executable = meta.permissions().mode() & 0o100 != 0;
-        node.file(executable, meta.len(), &mut file)
-            .map_err(|e| match e {
-                // A read error is about this file; a write error is not, but naming the file helps.
-                NarError::Io(source) => NarError::Fs {
-                    path: path.to_path_buf(),
-                    source,
-                },
-                NarError::FileTooShort { .. } | NarError::FileTooLong { .. } => NarError::Fs {
-                    path: path.to_path_buf(),
-                    source: io::Error::other(format!(
-                        "{e} (the file changed while it was archived)"
-                    )),
-                },
-                other => other,
-            })
+        node.file(executable, meta.len(), &mut file).map_err(|e| match e {
+            // A read error is about this file; a write error is not, but naming the file helps.
+            NarError::Io(source) => NarError::Fs { path: path.to_path_buf(), source },
+            NarError::FileTooShort { .. } | NarError::FileTooLong { .. } => NarError::Fs {
+                path: path.to_path_buf(),
+                source: io::Error::other(format!("{e} (the file changed while it was archived)")),
+            },
+            other => other,
+        })
     } else if file_type.is_dir() {
         let mut names = Vec::new();
         for entry in fs::read_dir(path).map_err(fs_err)? {
@@ -234,9 +202,7 @@ fn dump_node<W: Write>(path: &Path, node: Node<'_, W>) -> Result<(), NarError> {
         }
         dir.close()
     } else {
-        Err(NarError::UnsupportedFileType {
-            path: path.to_path_buf(),
-        })
+        Err(NarError::UnsupportedFileType { path: path.to_path_buf() })
     }
 }
 
@@ -276,10 +242,7 @@ mod tests {
     #[test]
     fn tokens_are_length_prefixed_and_padded() {
         assert_eq!(token(b""), [0u8; 8]);
-        assert_eq!(
-            token(b"("),
-            [&[1, 0, 0, 0, 0, 0, 0, 0][..], b"(", &[0; 7]].concat()
-        );
+        assert_eq!(token(b"("), [&[1, 0, 0, 0, 0, 0, 0, 0][..], b"(", &[0; 7]].concat());
         assert_eq!(token(b"12345678").len(), 16);
         assert_eq!(token(b"123456789").len(), 24);
     }
@@ -287,22 +250,9 @@ mod tests {
     #[test]
     fn single_file_nar_is_exact() {
         let mut out = Vec::new();
-        start(&mut out)
-            .unwrap()
-            .file(true, 3, &mut &b"hi\n"[..])
-            .unwrap();
+        start(&mut out).unwrap().file(true, 3, &mut &b"hi\n"[..]).unwrap();
         let mut want = Vec::new();
-        for t in [
-            &b"nix-archive-1"[..],
-            b"(",
-            b"type",
-            b"regular",
-            b"executable",
-            b"",
-            b"contents",
-            b"hi\n",
-            b")",
-        ] {
+        for t in [&b"nix-archive-1"[..], b"(", b"type", b"regular", b"executable", b"", b"contents", b"hi\n", b")"] {
             want.extend(token(t));
         }
         assert_eq!(out, want);
@@ -311,29 +261,11 @@ mod tests {
     #[test]
     fn writer_enforces_sizes() {
         let mut out = Vec::new();
-        let err = start(&mut out)
-            .unwrap()
-            .file(false, 4, &mut &b"abc"[..])
-            .unwrap_err();
-        assert!(
-            matches!(
-                err,
-                NarError::FileTooShort {
-                    declared: 4,
-                    actual: 3
-                }
-            ),
-            "{err}"
-        );
+        let err = start(&mut out).unwrap().file(false, 4, &mut &b"abc"[..]).unwrap_err();
+        assert!(matches!(err, NarError::FileTooShort { declared: 4, actual: 3 }), "{err}");
         let mut out = Vec::new();
-        let err = start(&mut out)
-            .unwrap()
-            .file(false, 2, &mut &b"abc"[..])
-            .unwrap_err();
-        assert!(
-            matches!(err, NarError::FileTooLong { declared: 2 }),
-            "{err}"
-        );
+        let err = start(&mut out).unwrap().file(false, 2, &mut &b"abc"[..]).unwrap_err();
+        assert!(matches!(err, NarError::FileTooLong { declared: 2 }), "{err}");
     }
 
     #[test]
@@ -344,10 +276,7 @@ mod tests {
         let err = dir.entry(b"a").err().unwrap();
         assert!(matches!(err, NarError::EntryOutOfOrder { .. }), "{err}");
         let err = dir.entry(b"b").err().unwrap();
-        assert!(
-            matches!(err, NarError::EntryOutOfOrder { .. }),
-            "duplicate: {err}"
-        );
+        assert!(matches!(err, NarError::EntryOutOfOrder { .. }), "duplicate: {err}");
         for bad in [&b""[..], b".", b"..", b"a/b", b"a\0"] {
             assert!(matches!(dir.entry(bad), Err(NarError::InvalidEntryName(_))));
         }
@@ -365,18 +294,12 @@ mod tests {
         let mut dir = start(&mut out).unwrap().directory().unwrap();
         let _unwritten = dir.entry(b"a").unwrap();
         let err = dir.close().unwrap_err();
-        assert!(
-            matches!(err, NarError::EmptyEntry(ref n) if n == b"a"),
-            "{err}"
-        );
+        assert!(matches!(err, NarError::EmptyEntry(ref n) if n == b"a"), "{err}");
     }
 
     #[test]
     fn dump_path_reports_missing_paths() {
         let err = nar_sha256(Path::new("/nonexistent/tg-nix")).unwrap_err();
-        assert!(
-            err.to_string().starts_with("/nonexistent/tg-nix: "),
-            "{err}"
-        );
+        assert!(err.to_string().starts_with("/nonexistent/tg-nix: "), "{err}");
     }
 }

@@ -23,38 +23,24 @@ const NIXBASE32_ALPHABET: &[u8; 32] = b"0123456789abcdfghijklmnpqrsvwxyz";
 /// Why a string is not a store path or a name is not a valid store-path name.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum StorePathError {
-    #[error(
-        "`{0}` is not a path in {STORE_DIR} (expected {STORE_DIR}/<32-character hash>-<name>)"
-    )]
+    #[error("`{0}` is not a path in {STORE_DIR} (expected {STORE_DIR}/<32-character hash>-<name>)")]
     NotInStore(String),
     #[error("`{0}` is not a store path base name: expected <32-character hash>-<name>")]
     MissingDash(String),
     #[error("`{base_name}` has `{found}` at position {pos} of its hash part, which is not a nix-base32 character")]
-    InvalidHashChar {
-        base_name: String,
-        pos: usize,
-        found: char,
-    },
+    InvalidHashChar { base_name: String, pos: usize, found: char },
     #[error("a store path name must not be empty")]
     EmptyName,
-    #[error(
-        "store path name `{name}…` is {len} characters long; Nix allows at most {MAX_NAME_LEN}"
-    )]
+    #[error("store path name `{name}…` is {len} characters long; Nix allows at most {MAX_NAME_LEN}")]
     NameTooLong { name: String, len: usize },
     #[error("store path name `{name}` has `{found}` at byte {pos}; only A-Z a-z 0-9 and + - . _ ? = are allowed")]
-    InvalidNameChar {
-        name: String,
-        pos: usize,
-        found: char,
-    },
+    InvalidNameChar { name: String, pos: usize, found: char },
     #[error("store path name `{0}` is reserved: `.`, `..` and names starting with `.-` or `..-` are not allowed")]
     ReservedName(String),
-    #[error("references are only allowed in a recursive sha256 path, not in a {method:?} {algo} fixed-output path `{name}`")]
-    ReferencesNotAllowed {
-        name: String,
-        method: FileIngestionMethod,
-        algo: HashAlgo,
-    },
+    #[error(
+        "references are only allowed in a recursive sha256 path, not in a {method:?} {algo} fixed-output path `{name}`"
+    )]
+    ReferencesNotAllowed { name: String, method: FileIngestionMethod, algo: HashAlgo },
 }
 
 /// Checks a store-path name the way current Nix does (`checkName`): 1 to 211 characters from
@@ -69,18 +55,11 @@ pub fn validate_name(name: &str) -> Result<(), StorePathError> {
         return Err(StorePathError::EmptyName);
     }
     if let Some((pos, found)) = name.char_indices().find(|(_, c)| !is_name_char(*c)) {
-        return Err(StorePathError::InvalidNameChar {
-            name: name.to_string(),
-            pos,
-            found,
-        });
+        return Err(StorePathError::InvalidNameChar { name: name.to_string(), pos, found });
     }
     if name.len() > MAX_NAME_LEN {
         // All characters are ASCII here, so slicing cannot split one.
-        return Err(StorePathError::NameTooLong {
-            name: name[..40].to_string(),
-            len: name.len(),
-        });
+        return Err(StorePathError::NameTooLong { name: name[..40].to_string(), len: name.len() });
     }
     if name == "." || name == ".." || name.starts_with(".-") || name.starts_with("..-") {
         return Err(StorePathError::ReservedName(name.to_string()));
@@ -110,10 +89,7 @@ impl StorePath {
         let encoded = nixbase32_encode(&digest);
         let mut hash_part = [0u8; HASH_PART_LEN];
         hash_part.copy_from_slice(encoded.as_bytes());
-        Ok(StorePath {
-            hash_part,
-            name: name.to_string(),
-        })
+        Ok(StorePath { hash_part, name: name.to_string() })
     }
 
     /// Parses `<32-character hash>-<name>`, the last component of a store path.
@@ -128,20 +104,13 @@ impl StorePath {
             .take_while(|(i, _)| *i < HASH_PART_LEN)
             .find(|(_, c)| !c.is_ascii() || !NIXBASE32_ALPHABET.contains(&(*c as u8)))
         {
-            return Err(StorePathError::InvalidHashChar {
-                base_name: base_name.to_string(),
-                pos,
-                found,
-            });
+            return Err(StorePathError::InvalidHashChar { base_name: base_name.to_string(), pos, found });
         }
         let name = &base_name[HASH_PART_LEN + 1..];
         validate_name(name)?;
         let mut hash_part = [0u8; HASH_PART_LEN];
         hash_part.copy_from_slice(&bytes[..HASH_PART_LEN]);
-        Ok(StorePath {
-            hash_part,
-            name: name.to_string(),
-        })
+        Ok(StorePath { hash_part, name: name.to_string() })
     }
 
     /// Parses an absolute path `/nix/store/<hash>-<name>`. Paths below a store path
@@ -216,21 +185,14 @@ impl FromStr for StorePath {
 ///
 /// `ty` is `text:<refs…>`, `source:<refs…>`, `output:<output name>` or `output:out` (for fixed
 /// outputs); the helpers below build it.
-pub fn make_store_path(
-    ty: &str,
-    inner_sha256: &[u8; 32],
-    name: &str,
-) -> Result<StorePath, StorePathError> {
+pub fn make_store_path(ty: &str, inner_sha256: &[u8; 32], name: &str) -> Result<StorePath, StorePathError> {
     validate_name(name)?;
     let fingerprint = format!("{ty}:sha256:{}:{STORE_DIR}:{name}", to_hex(inner_sha256));
     StorePath::from_digest(compress20(&sha256(fingerprint.as_bytes())), name)
 }
 
 /// Appends `:<path>` for each reference in sorted, deduplicated order (`makeType` in Nix C++).
-fn type_with_references<'a>(
-    ty: &str,
-    references: impl IntoIterator<Item = &'a StorePath>,
-) -> String {
+fn type_with_references<'a>(ty: &str, references: impl IntoIterator<Item = &'a StorePath>) -> String {
     let sorted: BTreeSet<&StorePath> = references.into_iter().collect();
     let mut out = ty.to_string();
     for r in sorted {
@@ -247,11 +209,7 @@ pub fn make_text_path<'a>(
     content_sha256: &[u8; 32],
     references: impl IntoIterator<Item = &'a StorePath>,
 ) -> Result<StorePath, StorePathError> {
-    make_store_path(
-        &type_with_references("text", references),
-        content_sha256,
-        name,
-    )
+    make_store_path(&type_with_references("text", references), content_sha256, name)
 }
 
 /// The path of content with a known hash (`makeFixedOutputPath` in Nix C++): fixed-output
@@ -273,18 +231,9 @@ pub fn make_fixed_output_path<'a>(
         return make_store_path(&type_with_references("source", references), &inner, name);
     }
     if references.into_iter().next().is_some() {
-        return Err(StorePathError::ReferencesNotAllowed {
-            name: name.to_string(),
-            method,
-            algo: hash.algo(),
-        });
+        return Err(StorePathError::ReferencesNotAllowed { name: name.to_string(), method, algo: hash.algo() });
     }
-    let inner = format!(
-        "fixed:out:{}{}:{}:",
-        method.prefix(),
-        hash.algo(),
-        hash.to_hex()
-    );
+    let inner = format!("fixed:out:{}{}:{}:", method.prefix(), hash.algo(), hash.to_hex());
     make_store_path("output:out", &sha256(inner.as_bytes()), name)
 }
 
@@ -300,16 +249,8 @@ pub fn output_path_name(drv_name: &str, output: &str) -> String {
 
 /// The path of an input-addressed derivation output (`makeOutputPath` in Nix C++).
 /// `drv_hash_modulo` is the masked [`hashDerivationModulo`](super::Derivation::hash_derivation_modulo).
-pub fn make_output_path(
-    drv_hash_modulo: &[u8; 32],
-    output: &str,
-    drv_name: &str,
-) -> Result<StorePath, StorePathError> {
-    make_store_path(
-        &format!("output:{output}"),
-        drv_hash_modulo,
-        &output_path_name(drv_name, output),
-    )
+pub fn make_output_path(drv_hash_modulo: &[u8; 32], output: &str, drv_name: &str) -> Result<StorePath, StorePathError> {
+    make_store_path(&format!("output:{output}"), drv_hash_modulo, &output_path_name(drv_name, output))
 }
 
 #[cfg(test)]
@@ -325,107 +266,42 @@ mod tests {
         assert_eq!(p.hash_part(), "z56a0nzr9b8bsd1p32i5bsvlzwd8brgb");
         assert_eq!(p.to_string(), BUSYBOX);
         assert_eq!(StorePath::from_digest(p.digest(), p.name()).unwrap(), p);
-        assert_eq!(
-            StorePath::from_path_prefix(&format!("{BUSYBOX}/bin/busybox")).unwrap(),
-            p
-        );
+        assert_eq!(StorePath::from_path_prefix(&format!("{BUSYBOX}/bin/busybox")).unwrap(), p);
     }
 
     #[test]
     fn rejects_malformed_paths_with_exact_errors() {
         use StorePathError::*;
         let h = "z56a0nzr9b8bsd1p32i5bsvlzwd8brgb";
-        assert_eq!(
-            "/tmp/x".parse::<StorePath>(),
-            Err(NotInStore("/tmp/x".into()))
-        );
-        assert_eq!(
-            "/nix/storex".parse::<StorePath>(),
-            Err(NotInStore("/nix/storex".into()))
-        );
-        assert_eq!(
-            StorePath::from_base_name("abc"),
-            Err(MissingDash("abc".into()))
-        );
-        assert_eq!(
-            StorePath::from_base_name(&format!("{h}_x")),
-            Err(MissingDash(format!("{h}_x")))
-        );
+        assert_eq!("/tmp/x".parse::<StorePath>(), Err(NotInStore("/tmp/x".into())));
+        assert_eq!("/nix/storex".parse::<StorePath>(), Err(NotInStore("/nix/storex".into())));
+        assert_eq!(StorePath::from_base_name("abc"), Err(MissingDash("abc".into())));
+        assert_eq!(StorePath::from_base_name(&format!("{h}_x")), Err(MissingDash(format!("{h}_x"))));
         let bad_hash = format!("e{}-x", &h[1..]);
         assert_eq!(
             StorePath::from_base_name(&bad_hash),
-            Err(InvalidHashChar {
-                base_name: bad_hash.clone(),
-                pos: 0,
-                found: 'e'
-            })
+            Err(InvalidHashChar { base_name: bad_hash.clone(), pos: 0, found: 'e' })
         );
         let unicode = format!("ä{}-x", &h[2..]);
-        assert!(matches!(
-            StorePath::from_base_name(&unicode),
-            Err(InvalidHashChar {
-                pos: 0,
-                found: 'ä',
-                ..
-            })
-        ));
+        assert!(matches!(StorePath::from_base_name(&unicode), Err(InvalidHashChar { pos: 0, found: 'ä', .. })));
         assert_eq!(StorePath::from_base_name(&format!("{h}-")), Err(EmptyName));
         assert_eq!(
             format!("/nix/store/{h}-a/b").parse::<StorePath>(),
-            Err(InvalidNameChar {
-                name: "a/b".into(),
-                pos: 1,
-                found: '/'
-            })
+            Err(InvalidNameChar { name: "a/b".into(), pos: 1, found: '/' })
         );
     }
 
     #[test]
     fn validates_names_like_nix() {
         use StorePathError::*;
-        for ok in [
-            "a",
-            "hello-1.0",
-            "A+b_c?d=e",
-            ".hidden",
-            "..x",
-            ".a-b",
-            &"x".repeat(211),
-        ] {
+        for ok in ["a", "hello-1.0", "A+b_c?d=e", ".hidden", "..x", ".a-b", &"x".repeat(211)] {
             assert_eq!(validate_name(ok), Ok(()), "{ok}");
         }
         assert_eq!(validate_name(""), Err(EmptyName));
-        assert_eq!(
-            validate_name("a b"),
-            Err(InvalidNameChar {
-                name: "a b".into(),
-                pos: 1,
-                found: ' '
-            })
-        );
-        assert_eq!(
-            validate_name("1:2"),
-            Err(InvalidNameChar {
-                name: "1:2".into(),
-                pos: 1,
-                found: ':'
-            })
-        );
-        assert_eq!(
-            validate_name("v~1"),
-            Err(InvalidNameChar {
-                name: "v~1".into(),
-                pos: 1,
-                found: '~'
-            })
-        );
-        assert_eq!(
-            validate_name(&"x".repeat(212)),
-            Err(NameTooLong {
-                name: "x".repeat(40),
-                len: 212
-            })
-        );
+        assert_eq!(validate_name("a b"), Err(InvalidNameChar { name: "a b".into(), pos: 1, found: ' ' }));
+        assert_eq!(validate_name("1:2"), Err(InvalidNameChar { name: "1:2".into(), pos: 1, found: ':' }));
+        assert_eq!(validate_name("v~1"), Err(InvalidNameChar { name: "v~1".into(), pos: 1, found: '~' }));
+        assert_eq!(validate_name(&"x".repeat(212)), Err(NameTooLong { name: "x".repeat(40), len: 212 }));
         for reserved in [".", "..", ".-x", "..-x"] {
             assert_eq!(validate_name(reserved), Err(ReservedName(reserved.into())));
         }
@@ -435,13 +311,7 @@ mod tests {
     fn orders_like_printed_paths() {
         // Digest byte order and nix-base32 order disagree; the printed order is what Nix sorts by.
         let mut paths: Vec<StorePath> = (0u8..40)
-            .map(|i| {
-                StorePath::from_digest(
-                    [i.wrapping_mul(97); 20],
-                    if i % 2 == 0 { "a" } else { "a-b" },
-                )
-                .unwrap()
-            })
+            .map(|i| StorePath::from_digest([i.wrapping_mul(97); 20], if i % 2 == 0 { "a" } else { "a-b" }).unwrap())
             .collect();
         paths.sort();
         let printed: Vec<String> = paths.iter().map(ToString::to_string).collect();

@@ -27,12 +27,7 @@ pub fn invalid_paths_with(nix_store: &str, paths: &[StorePath]) -> io::Result<Ve
             .args(["--check-validity", "--print-invalid"])
             .args(chunk.iter().map(ToString::to_string))
             .output()
-            .map_err(|e| {
-                io::Error::new(
-                    e.kind(),
-                    format!("could not run `{nix_store} --check-validity`: {e}"),
-                )
-            })?;
+            .map_err(|e| io::Error::new(e.kind(), format!("could not run `{nix_store} --check-validity`: {e}")))?;
         if !output.status.success() {
             let stderr = String::from_utf8_lossy(&output.stderr);
             let tail: Vec<&str> = stderr.lines().rev().take(10).collect();
@@ -64,22 +59,14 @@ mod tests {
 
     #[test]
     fn empty_input_runs_nothing() {
-        assert!(invalid_paths_with("/nonexistent/nix-store", &[])
-            .unwrap()
-            .is_empty());
+        assert!(invalid_paths_with("/nonexistent/nix-store", &[]).unwrap().is_empty());
     }
 
     #[test]
     fn missing_program_is_an_error_naming_it() {
-        let p: StorePath = "/nix/store/00000000000000000000000000000000-x"
-            .parse()
-            .unwrap();
+        let p: StorePath = "/nix/store/00000000000000000000000000000000-x".parse().unwrap();
         let err = invalid_paths_with("/nonexistent/nix-store", &[p]).unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::NotFound);
-        assert!(
-            err.to_string()
-                .contains("/nonexistent/nix-store --check-validity"),
-            "{err}"
-        );
+        assert!(err.to_string().contains("/nonexistent/nix-store --check-validity"), "{err}");
     }
 }
