@@ -217,13 +217,27 @@ pub(crate) fn nar_hash(path: &str) -> Result<String, Failure> {
     Ok(h.strip_prefix("sha256:").unwrap_or(h).to_string())
 }
 
-/// Which of `paths` are not valid store paths (one `nix-store` call for all of them).
+/// Which of `paths` are not valid store paths, through [`crate::store::invalid_paths`] (one
+/// `nix-store` call for all of them). A string that is not a store path at all (a corrupted
+/// record, say) counts as invalid, so callers redo the work instead of failing.
 pub(crate) fn invalid_paths(paths: &[&str]) -> Result<Vec<String>, Failure> {
-    if paths.is_empty() {
-        return Ok(Vec::new());
+    let mut invalid = Vec::new();
+    let mut parsed = Vec::with_capacity(paths.len());
+    for path in paths {
+        match path.parse::<crate::store::StorePath>() {
+            Ok(p) => parsed.push(p),
+            Err(_) => invalid.push(path.to_string()),
+        }
     }
-    let out = output(Command::new("nix-store").args(["--check-validity", "--print-invalid"]).args(paths))?;
-    Ok(out.lines().map(str::to_string).filter(|l| !l.is_empty()).collect())
+    let command = "nix-store --check-validity --print-invalid".to_string();
+    let found = crate::store::invalid_paths(&parsed).map_err(|source| match source.kind() {
+        std::io::ErrorKind::NotFound | std::io::ErrorKind::PermissionDenied => {
+            Failure::Spawn { command: command.clone(), source }
+        }
+        _ => Failure::Status { command: command.clone(), status: "failed".into(), tail: source.to_string() },
+    })?;
+    invalid.extend(found.iter().map(ToString::to_string));
+    Ok(invalid)
 }
 
 /// Points the GC root `<GCROOTS>/<name>` at `target` (replacing an older link atomically).

@@ -227,23 +227,10 @@ pub fn setup(opts: &SetupOptions<'_>) -> Result<SetupReport, BuildError> {
     std::fs::create_dir_all(GCROOTS).map_err(|e| io_err(Path::new(GCROOTS), e))?;
     steps.done("gc roots", outcome, GCROOTS.to_string(), t);
 
-    let (mut busybox, mut rust, mut sysroot) = {
-        let state = State::open(opts.state_dir)?;
-        (state.get::<Imported>(KEY_BUSYBOX), state.get::<Imported>(KEY_RUST), state.get::<Sysroot>(KEY_SYSROOT))
-    };
-    if opts.force {
-        (busybox, rust, sysroot) = (None, None, None);
-    }
+    let recorded = if opts.force { Recorded::default() } else { Recorded::read(&State::open(opts.state_dir)?) };
     // One validity check for every recorded path.
-    let recorded: Vec<&str> = [
-        busybox.as_ref().map(|i| i.path.as_str()),
-        rust.as_ref().map(|i| i.path.as_str()),
-        sysroot.as_ref().map(|s| s.path.as_str()),
-    ]
-    .into_iter()
-    .flatten()
-    .collect();
-    let invalid = invalid_paths(&recorded).map_err(|f| f.for_setup("checking the recorded imports"))?;
+    let invalid = invalid_paths(&recorded.paths()).map_err(|f| f.for_setup("checking the recorded imports"))?;
+    let Recorded { busybox, rust, sysroot } = recorded;
     let usable = |path: &str| !invalid.iter().any(|p| p == path);
     let imports_dir = opts.work_dir.join("nix/imports");
 
@@ -547,19 +534,10 @@ pub fn status(state_dir: &Path) -> Vec<ImportStatus> {
         Ok(s) => s,
         Err(e) => return vec![line("nix imports", false, e.to_string())],
     };
-    let busybox: Option<Imported> = state.get(KEY_BUSYBOX);
-    let rust: Option<Imported> = state.get(KEY_RUST);
-    let sysroot: Option<Sysroot> = state.get(KEY_SYSROOT);
+    let recorded = Recorded::read(&state);
     drop(state);
-    let paths: Vec<&str> = [
-        busybox.as_ref().map(|i| i.path.as_str()),
-        rust.as_ref().map(|i| i.path.as_str()),
-        sysroot.as_ref().map(|s| s.path.as_str()),
-    ]
-    .into_iter()
-    .flatten()
-    .collect();
-    let invalid = invalid_paths(&paths).unwrap_or_default();
+    let invalid = invalid_paths(&recorded.paths()).unwrap_or_default();
+    let Recorded { busybox, rust, sysroot } = recorded;
     let describe = |path: &str, what: String| {
         if invalid.iter().any(|p| p == path) {
             (false, format!("{path} is recorded but no longer in the store: {SETUP_FIX}"))
@@ -636,5 +614,31 @@ mod tests {
         // This test binary is dynamically linked (it has an interpreter).
         let me = std::fs::read(std::env::current_exe().unwrap()).unwrap();
         assert!(!is_static_elf(&me));
+    }
+}
+
+/// What `tg-nix setup` recorded in the state DB, read in one place for setup and doctor.
+#[derive(Default)]
+struct Recorded {
+    busybox: Option<Imported>,
+    rust: Option<Imported>,
+    sysroot: Option<Sysroot>,
+}
+
+impl Recorded {
+    fn read(state: &State) -> Recorded {
+        Recorded { busybox: state.get(KEY_BUSYBOX), rust: state.get(KEY_RUST), sysroot: state.get(KEY_SYSROOT) }
+    }
+
+    /// The recorded store paths, for one validity check.
+    fn paths(&self) -> Vec<&str> {
+        [
+            self.busybox.as_ref().map(|i| i.path.as_str()),
+            self.rust.as_ref().map(|i| i.path.as_str()),
+            self.sysroot.as_ref().map(|s| s.path.as_str()),
+        ]
+        .into_iter()
+        .flatten()
+        .collect()
     }
 }
