@@ -1,50 +1,27 @@
 //! `tg-nix gen`: write the Nix expressions of a composition's nix:* groups without building them,
 //! so that a user can read them and `nix-build` them by hand.
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use tg_nix_builders::nix::Generated;
-use tg_nix_builders::BuildRequest;
 use tg_nix_model::Composition;
 
 use crate::error::{exit, CliError};
 use crate::home::Home;
-use crate::progress::BuildProgress;
 
 pub fn run(composition: &Path, home: &Home, json: bool) -> Result<i32, CliError> {
     let loaded = Composition::load(composition)?;
     let base_dir = composition.parent().map(Path::to_path_buf).unwrap_or_default();
     let (plan_dir, prepared) = crate::run::prepare(&loaded, &base_dir, home)?;
-    let (target_dir, work_dir, state_dir) = (home.cargo_target_dir(), home.work_dir(), home.state_dir());
-    let mut by_key: BTreeMap<String, Generated> = BTreeMap::new();
-    let mut groups: Vec<(String, Generated)> = Vec::new();
-    for unit in &prepared.builds {
-        if !unit.builder.starts_with("nix:") {
+    let nix_units = prepared.builds.iter().filter(|unit| {
+        let has_expression = unit.builder.starts_with("nix:");
+        if !has_expression {
             eprintln!("gen    {}: builder {} has no Nix expression; skipped", unit.group_id, unit.builder);
-            continue;
         }
-        let key = tg_nix_builders::dedup_key(unit);
-        let generated = match by_key.get(&key) {
-            Some(g) => g.clone(),
-            None => {
-                let progress = BuildProgress::new(&unit.group_id);
-                let g = tg_nix_builders::nix::generate(&BuildRequest {
-                    plan_dir: &plan_dir,
-                    unit,
-                    cargo_target_dir: &target_dir,
-                    work_dir: &work_dir,
-                    state_dir: &state_dir,
-                    progress: &|p| progress.report(p),
-                });
-                progress.finish();
-                let g = g?;
-                by_key.insert(key, g.clone());
-                g
-            }
-        };
-        groups.push((unit.group_id.clone(), generated));
-    }
+        has_expression
+    });
+    let groups: Vec<(String, Generated)> =
+        crate::run::per_distinct_unit(nix_units, &plan_dir, home, |req| Ok(tg_nix_builders::nix::generate(req)?))?;
     let Some(dir) = groups.first().and_then(|(_, g)| g.file.parent()).map(Path::to_path_buf) else {
         return Err(CliError::input(
             format!("{}: no group uses a nix:* builder", composition.display()),

@@ -7,7 +7,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use tg_nix_builders::{BuildRequest, BUILDERS};
-use tg_nix_model::{Composition, Manifest, Prepared, SingleRun};
+use tg_nix_model::{BuildUnit, Composition, Manifest, Prepared, SingleRun};
 use tg_nix_runner::netns::{is_root, DEFAULT_DATA_SUBNET};
 use tg_nix_runner::{ExecRunSpec, GroupLaunch, Isolation, RunEvent, RunOutcome};
 
@@ -172,43 +172,59 @@ fn select_runs(prepared: &Prepared, wanted: &[String], source: &Path) -> Result<
     Ok(wanted.to_vec())
 }
 
+/// Runs `step` (a build, or `gen`'s generation) for each unit with its request and a progress
+/// display, once per distinct unit: units with the same dedup key share the first one's result.
+/// Returns the result of every unit's group id, in order.
+pub(crate) fn per_distinct_unit<'a, T: Clone>(
+    units: impl IntoIterator<Item = &'a BuildUnit>,
+    plan_dir: &Path,
+    home: &Home,
+    mut step: impl FnMut(&BuildRequest<'_>) -> Result<T, CliError>,
+) -> Result<Vec<(String, T)>, CliError> {
+    let (target_dir, work_dir, state_dir) = (home.cargo_target_dir(), home.work_dir(), home.state_dir());
+    let mut by_key: BTreeMap<String, T> = BTreeMap::new();
+    let mut results = Vec::new();
+    for unit in units {
+        let key = tg_nix_builders::dedup_key(unit);
+        let result = match by_key.get(&key) {
+            Some(done) => done.clone(),
+            None => {
+                let progress = BuildProgress::new(&unit.group_id);
+                let result = step(&BuildRequest {
+                    plan_dir,
+                    unit,
+                    cargo_target_dir: &target_dir,
+                    work_dir: &work_dir,
+                    state_dir: &state_dir,
+                    progress: &|p| progress.report(p),
+                });
+                progress.finish();
+                let result = result?;
+                by_key.insert(key, result.clone());
+                result
+            }
+        };
+        results.push((unit.group_id.clone(), result));
+    }
+    Ok(results)
+}
+
 /// Builds every distinct unit once; returns the program of each group id.
 fn build_all(plan: &RunPlan, home: &Home) -> Result<BTreeMap<String, PathBuf>, CliError> {
-    let target_dir = home.cargo_target_dir();
-    let work_dir = home.work_dir();
-    let state_dir = home.state_dir();
-    let mut by_key: BTreeMap<String, PathBuf> = BTreeMap::new();
-    let mut programs = BTreeMap::new();
-    for unit in &plan.prepared.builds {
-        let key = tg_nix_builders::dedup_key(unit);
-        if let Some(program) = by_key.get(&key) {
-            programs.insert(unit.group_id.clone(), program.clone());
-            continue;
-        }
+    let built = per_distinct_unit(&plan.prepared.builds, &plan.plan_dir, home, |req| {
         let started = std::time::Instant::now();
-        eprintln!("build  {} ({}) …", unit.group_id, unit.builder);
-        let progress = BuildProgress::new(&unit.group_id);
-        let artifact = tg_nix_builders::build(&BuildRequest {
-            plan_dir: &plan.plan_dir,
-            unit,
-            cargo_target_dir: &target_dir,
-            work_dir: &work_dir,
-            state_dir: &state_dir,
-            progress: &|p| progress.report(p),
-        });
-        progress.finish();
-        let artifact = artifact?;
+        eprintln!("build  {} ({}) …", req.unit.group_id, req.unit.builder);
+        let artifact = tg_nix_builders::build(req)?;
         eprintln!(
             "build  {} done in {:.2}s{}: {}",
-            unit.group_id,
+            req.unit.group_id,
             started.elapsed().as_secs_f64(),
             if artifact.cached == Some(true) { " (cached)" } else { "" },
             artifact.program.display()
         );
-        by_key.insert(key, artifact.program.clone());
-        programs.insert(unit.group_id.clone(), artifact.program);
-    }
-    Ok(programs)
+        Ok(artifact.program)
+    })?;
+    Ok(built.into_iter().collect())
 }
 
 /// Runs `tg-nix run`; returns the process exit code.
