@@ -8,13 +8,16 @@
 //! loopback; Rust SDK plans cannot work there, and the runner says so.
 //!
 //! The runner plays the sidecar: it signals `network-initialized` once per instance, so that
-//! TEST_SIDECAR=true plans get past their network-init barrier.
+//! TEST_SIDECAR=true plans get past their network-init barrier, and follows each instance's
+//! `network:<hostname>` topic, applying the configs it publishes ([`crate::shaping`]) and
+//! recording them in `<outputs>/network.json`. A config that cannot be applied stops the run.
 
 use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::net::{Ipv4Addr, SocketAddr};
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use serde::Serialize;
@@ -29,6 +32,7 @@ use tg_nix_sync::keys::Namespace;
 use tg_nix_sync::{ServerConfig, Service};
 
 use crate::netns::{self, Hub, HubConfig, InstanceNet, Ipv4Cidr};
+use crate::shaping::{self, RunAbort};
 use crate::verdict::{decide, Exit, Observed, Verdict};
 use crate::{RunEvent, RunnerError};
 
@@ -150,6 +154,12 @@ pub async fn run(
         tokio::spawn(tg_nix_sync::serve(listener, service.clone(), ServerConfig::default(), server_stop.clone()));
 
     let ns = Namespace { run: spec.run_id.clone(), plan: spec.plan.clone(), case: spec.case.clone() };
+    // What the kernel can shape, checked before each config is applied (a few ms, once per run).
+    let caps = match &hub {
+        Some(_) => Some(Arc::new(crate::capability::probe().await)),
+        None => None,
+    };
+    let abort = RunAbort::new(&cancel);
     let watcher = tokio::spawn(watch_run_events(service.subscribe(&ns.run_events()), progress.clone()));
 
     let total: u64 = spec.groups.iter().map(|g| g.instances).sum();
@@ -210,6 +220,26 @@ pub async fn run(
                 data_ip: net.as_ref().map(|n| n.data_ip),
             };
             let child = spawn(&group.program, &vars, &instance, net.as_ref(), &spec.work_dir);
+            let follower = match (&net, &caps) {
+                (Some(net), Some(caps)) => net.netns_fd().try_clone_to_owned().ok().map(|netns| {
+                    shaping::spawn_follower(shaping::Follower {
+                        service: service.clone(),
+                        ns: ns.clone(),
+                        hostname: instance.hostname.clone(),
+                        netns,
+                        links: shaping::Links {
+                            data: netns::DATA_IFNAME.into(),
+                            control: netns::CONTROL_IFNAME.into(),
+                            data_subnet: net.data_subnet,
+                            keep: vec![netns::CONTROL_GATEWAY],
+                        },
+                        caps: caps.clone(),
+                        record: instance.outputs.join("network.json"),
+                        abort: abort.clone(),
+                    })
+                }),
+                _ => None,
+            };
             // The sidecar's part of the network-init handshake (compat §3.1 step 3): this
             // instance's network is ready.
             service.signal_entry(&ns.state("network-initialized"));
@@ -218,10 +248,13 @@ pub async fn run(
                 group_index: index,
                 pid: child.as_ref().ok().and_then(|c| c.id()),
             });
-            let cancel = cancel.clone();
+            let abort = abort.clone();
             let progress = progress.clone();
             tasks.spawn(async move {
-                let result = supervise(instance, child, net, deadline, cancel).await;
+                let result = supervise(instance, child, net, deadline, abort).await;
+                if let Some(follower) = follower {
+                    follower.abort();
+                }
                 let _ = progress.send(RunEvent::InstanceFinished { result: result.clone() });
                 result
             });
@@ -307,8 +340,9 @@ async fn supervise(
     child: Result<Child, String>,
     net: Option<InstanceNet>,
     deadline: tokio::time::Instant,
-    cancel: CancellationToken,
+    abort: RunAbort,
 ) -> InstanceResult {
+    let cancel = abort.token();
     let started = Instant::now();
     let mut observed = Observed::default();
     let mut stderr_tail = Vec::new();
@@ -335,6 +369,15 @@ async fn supervise(
                     if tokio::time::timeout(CANCEL_GRACE, child.wait()).await.is_err() {
                         kill_group(pid, libc::SIGKILL);
                         let _ = child.wait().await;
+                    }
+                }
+            }
+            if observed.cancelled {
+                if let Some((host, error)) = abort.cause() {
+                    if host == instance.hostname {
+                        observed.network_error = Some(error);
+                    } else {
+                        observed.aborted = Some(format!("instance {host}'s network config failed"));
                     }
                 }
             }
@@ -379,7 +422,7 @@ fn kill_group(pid: Option<u32>, signal: i32) {
     }
 }
 
-fn apply_events(observed: &mut Observed, events: &[Event]) {
+pub(crate) fn apply_events(observed: &mut Observed, events: &[Event]) {
     for event in events {
         match event {
             Event::Success { .. } => observed.success_event = true,
@@ -394,15 +437,15 @@ fn apply_events(observed: &mut Observed, events: &[Event]) {
     }
 }
 
-struct StdoutCapture {
-    events: Vec<Event>,
-    event_lines: Vec<u8>,
+pub(crate) struct StdoutCapture {
+    pub(crate) events: Vec<Event>,
+    pub(crate) event_lines: Vec<u8>,
 }
 
 /// Copies the instance's stdout to its outputs and picks out the SDK event lines (every SDK
 /// prints each event as a JSON line on stdout, compat §5.1): they attribute outcomes to exactly
 /// this instance, which run_events on the sync service (tagged only by group) cannot.
-async fn capture_stdout(stream: impl AsyncRead + Unpin, path: PathBuf) -> StdoutCapture {
+pub(crate) async fn capture_stdout(stream: impl AsyncRead + Unpin, path: PathBuf) -> StdoutCapture {
     let mut capture = StdoutCapture { events: Vec::new(), event_lines: Vec::new() };
     copy_lines(stream, &path, |line| {
         if let Some(event) = Event::from_stdout_line(String::from_utf8_lossy(line).trim_end()) {
@@ -418,7 +461,7 @@ async fn capture_stdout(stream: impl AsyncRead + Unpin, path: PathBuf) -> Stdout
 }
 
 /// Copies the instance's stderr to its outputs and keeps its last lines for the report.
-async fn capture_stderr(stream: impl AsyncRead + Unpin, path: PathBuf) -> Vec<String> {
+pub(crate) async fn capture_stderr(stream: impl AsyncRead + Unpin, path: PathBuf) -> Vec<String> {
     let mut tail = VecDeque::with_capacity(STDERR_TAIL_LINES);
     copy_lines(stream, &path, |line| {
         if tail.len() == STDERR_TAIL_LINES {
@@ -465,7 +508,7 @@ async fn open_output(path: &Path) -> Option<tokio::fs::File> {
 
 /// The Go and JS SDKs write `run.out` (their event log) themselves; the Rust SDK 0.4.0 does not.
 /// For those, the runner writes the event lines the instance printed, so every instance has one.
-async fn write_run_out_if_missing(outputs: &Path, event_lines: &[u8]) {
+pub(crate) async fn write_run_out_if_missing(outputs: &Path, event_lines: &[u8]) {
     let path = outputs.join("run.out");
     if !path.exists() {
         if let Err(e) = tokio::fs::write(&path, event_lines).await {
@@ -475,7 +518,7 @@ async fn write_run_out_if_missing(outputs: &Path, event_lines: &[u8]) {
 }
 
 /// Follows the run_events topic: forwards every event as progress and counts outcomes per group.
-async fn watch_run_events(
+pub(crate) async fn watch_run_events(
     mut sub: tg_nix_sync::Subscription,
     progress: UnboundedSender<RunEvent>,
 ) -> BTreeMap<String, SyncTally> {
@@ -495,7 +538,7 @@ async fn watch_run_events(
 
 /// A hostname for the instance: `<group>-<index>` made DNS-safe, or `i<global>` when two groups
 /// would map to the same name.
-fn unique_hostname(group: &str, index: u64, global: u64, taken: &mut HashSet<String>) -> String {
+pub(crate) fn unique_hostname(group: &str, index: u64, global: u64, taken: &mut HashSet<String>) -> String {
     let mut base: String = group
         .chars()
         .map(|c| if c.is_ascii_alphanumeric() || c == '-' { c.to_ascii_lowercase() } else { '-' })
@@ -508,7 +551,7 @@ fn unique_hostname(group: &str, index: u64, global: u64, taken: &mut HashSet<Str
     name
 }
 
-fn create_private_dir(path: &Path) -> Result<(), RunnerError> {
+pub(crate) fn create_private_dir(path: &Path) -> Result<(), RunnerError> {
     use std::os::unix::fs::DirBuilderExt;
     std::fs::DirBuilder::new()
         .recursive(true)

@@ -31,6 +31,16 @@ pub struct Observed {
     pub cancelled: bool,
     /// Set when the instance could not be started at all.
     pub start_error: Option<String>,
+    /// The kernel's OOM killer ended it (local:docker reads it from the container's state).
+    pub oom_killed: bool,
+    /// The runner lost track of it (the Docker daemon stopped answering); its end is unknown.
+    pub lost: Option<String>,
+    /// Set when the runner stopped the instance because a network config it published could not
+    /// be applied (the error names the instance, the key or the missing kernel feature).
+    pub network_error: Option<String>,
+    /// Set when the runner stopped the instance because the run was aborted for another
+    /// instance's sake (the reason says which and why).
+    pub aborted: Option<String>,
 }
 
 /// The verdict for one instance. Exactly one variant passes.
@@ -55,6 +65,14 @@ pub enum Verdict {
     StartFailed { error: String },
     /// The run was interrupted (SIGINT) before it finished.
     Cancelled,
+    /// Killed by the kernel's OOM killer (its container ran out of memory).
+    OomKilled { success_recorded: bool },
+    /// The runner lost track of it (the Docker daemon failed mid-run).
+    Lost { error: String },
+    /// A network config it published could not be applied; the runner stopped the run.
+    NetworkConfig { error: String },
+    /// Stopped because the run was aborted for another instance (its network config failed).
+    Aborted { reason: String },
 }
 
 impl Verdict {
@@ -69,7 +87,11 @@ impl Verdict {
             | Verdict::ExitCode { .. }
             | Verdict::NoOutcome
             | Verdict::StartFailed { .. }
-            | Verdict::Cancelled => false,
+            | Verdict::Cancelled
+            | Verdict::OomKilled { .. }
+            | Verdict::Lost { .. }
+            | Verdict::NetworkConfig { .. }
+            | Verdict::Aborted { .. } => false,
         }
     }
 
@@ -85,6 +107,10 @@ impl Verdict {
             Verdict::NoOutcome => "no-outcome",
             Verdict::StartFailed { .. } => "start-failed",
             Verdict::Cancelled => "cancelled",
+            Verdict::OomKilled { .. } => "oom-killed",
+            Verdict::Lost { .. } => "lost",
+            Verdict::NetworkConfig { .. } => "network-config",
+            Verdict::Aborted { .. } => "aborted",
         }
     }
 
@@ -105,6 +131,12 @@ impl Verdict {
             Verdict::NoOutcome => "exited 0 without recording success, failure or crash".into(),
             Verdict::StartFailed { error } => format!("could not be started: {error}"),
             Verdict::Cancelled => "interrupted before it finished".into(),
+            Verdict::OomKilled { success_recorded } => {
+                format!("killed by the kernel's OOM killer (out of memory){}", after(*success_recorded))
+            }
+            Verdict::Lost { error } => format!("lost: {error}"),
+            Verdict::NetworkConfig { error } => format!("its network config could not be applied: {error}"),
+            Verdict::Aborted { reason } => format!("stopped because the run was aborted: {reason}"),
         }
     }
 }
@@ -121,8 +153,20 @@ pub fn decide(o: &Observed) -> Verdict {
     if let Some(error) = &o.failure_event {
         return Verdict::Failure { error: error.clone() };
     }
+    if let Some(error) = &o.network_error {
+        return Verdict::NetworkConfig { error: error.clone() };
+    }
+    if let Some(reason) = &o.aborted {
+        return Verdict::Aborted { reason: reason.clone() };
+    }
     if o.cancelled {
         return Verdict::Cancelled;
+    }
+    if let Some(error) = &o.lost {
+        return Verdict::Lost { error: error.clone() };
+    }
+    if o.oom_killed {
+        return Verdict::OomKilled { success_recorded: o.success_event };
     }
     if o.timed_out {
         return Verdict::Timeout { success_recorded: o.success_event };
@@ -196,6 +240,26 @@ mod tests {
                 Verdict::StartFailed { error: "ENOENT".into() },
             ),
             ("no exit seen", Observed { success_event: true, ..Default::default() }, Verdict::Cancelled),
+            (
+                "oom killed",
+                Observed { oom_killed: true, exit: Some(Exit::Signal(9)), ..Default::default() },
+                Verdict::OomKilled { success_recorded: false },
+            ),
+            (
+                "daemon lost",
+                Observed { lost: Some("gone".into()), success_event: true, ..Default::default() },
+                Verdict::Lost { error: "gone".into() },
+            ),
+            (
+                "network config failed",
+                Observed { network_error: Some("netem".into()), cancelled: true, ..Default::default() },
+                Verdict::NetworkConfig { error: "netem".into() },
+            ),
+            (
+                "aborted for another instance",
+                Observed { aborted: Some("b-1 failed".into()), cancelled: true, ..Default::default() },
+                Verdict::Aborted { reason: "b-1 failed".into() },
+            ),
         ];
         for (name, observed, expected) in cases {
             let got = decide(&observed);
@@ -216,6 +280,10 @@ mod tests {
             Verdict::NoOutcome,
             Verdict::StartFailed { error: "e".into() },
             Verdict::Cancelled,
+            Verdict::OomKilled { success_recorded: true },
+            Verdict::Lost { error: "e".into() },
+            Verdict::NetworkConfig { error: "e".into() },
+            Verdict::Aborted { reason: "r".into() },
         ];
         for v in all {
             let json = serde_json::to_string(&v).unwrap();
