@@ -12,6 +12,8 @@ packages=(
   ca-certificates # cargo fetches crates over https
   nix-bin         # the nix:* builders: Nix 2.8, used single-user by root, sandboxed, offline
   busybox-static  # the builder of every tg-nix derivation (static: the sandbox has no libc)
+  docker.io       # the local:docker runner (Docker 20.10, API 1.41) and its end-to-end tests
+  strace          # runner/tests/tc_bytes.rs captures what `tc` sends to compare tg-nix's requests
 )
 
 missing=()
@@ -38,6 +40,25 @@ if ! command -v node >/dev/null || ! command -v npm >/dev/null; then
   echo "setup: installing nodejs npm"
   apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nodejs npm >/dev/null
+fi
+
+# local:docker talks to the Docker daemon; start one in the background when none answers (no
+# systemd on these machines), and wait for it.
+if ! docker info >/dev/null 2>&1; then
+  if [[ $(id -u) -ne 0 ]]; then
+    echo "setup: the Docker daemon does not answer and starting it needs root (run: sudo $0)" >&2
+    exit 1
+  fi
+  echo "setup: starting dockerd (log: /tmp/dockerd.log)"
+  nohup dockerd >/tmp/dockerd.log 2>&1 &
+  for _ in $(seq 60); do
+    docker info >/dev/null 2>&1 && break
+    sleep 0.5
+  done
+  if ! docker info >/dev/null 2>&1; then
+    echo "setup: dockerd did not answer within 30 s; see /tmp/dockerd.log" >&2
+    exit 1
+  fi
 fi
 
 if ! command -v cargo >/dev/null; then

@@ -103,9 +103,9 @@ fn verdicts(report: &Value) -> Vec<String> {
         .collect()
 }
 
-/// The `build  <group> done in …` line of each group.
+/// The `build  <group> done …` line of each group.
 fn done_line<'a>(stderr: &'a str, group: &str) -> &'a str {
-    let prefix = format!("build  {group} done in ");
+    let prefix = format!("build  {group} done ");
     stderr.lines().find(|l| l.starts_with(&prefix)).unwrap_or_else(|| panic!("no `{prefix}` line in:\n{stderr}"))
 }
 
@@ -311,4 +311,197 @@ fn a_local_target_replaces_the_crate() {
     let out_path = text(&build.stdout).trim().to_string();
     let ran = Command::new(Path::new(&out_path).join("bin/tiny")).output().expect("tiny runs");
     assert_eq!(text(&ran.stdout), "itoa says forked\n");
+}
+
+/// `tg-nix build … --json` with `args`: exit code, report, stderr.
+fn build(args: &[&str]) -> (i32, Value, String) {
+    let mut all = vec!["build"];
+    all.extend_from_slice(args);
+    all.push("--json");
+    let out = tg_nix(&all);
+    (out.status.code().unwrap_or(-1), serde_json::from_slice(&out.stdout).unwrap_or(Value::Null), text(&out.stderr))
+}
+
+/// Each unit's `outcome` in a `build --json` report, by its groups.
+fn outcomes(report: &Value) -> Vec<(String, String)> {
+    report["units"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|u| {
+            let groups: Vec<&str> = u["groups"].as_array().into_iter().flatten().filter_map(Value::as_str).collect();
+            (groups.join(","), u["outcome"].as_str().unwrap_or("?").to_string())
+        })
+        .collect()
+}
+
+/// A composition of ping-rust, `dir/<name>.toml`, with one group per (id, serde_json version).
+fn versions_composition(dir: &Path, name: &str, groups: &[(&str, &str)]) -> PathBuf {
+    let mut text = format!(
+        "[global]\nplan = {:?}\ncase = \"ping\"\nbuilder = \"nix:rust\"\nrunner = \"local:exec\"\ntotal_instances = {}\n",
+        repo().join("plans/ping-rust").display().to_string(),
+        groups.len()
+    );
+    for (id, version) in groups {
+        text.push_str(&format!(
+            "\n[[groups]]\nid = \"{id}\"\ninstances = {{ count = 1 }}\n  [[groups.build.dependencies]]\n  module = \"serde_json\"\n  version = \"{version}\"\n"
+        ));
+    }
+    let path = dir.join(format!("{name}.toml"));
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+#[test]
+fn the_lock_pins_each_unit_and_locked_builds_exactly_that() {
+    if !ready("the_lock_pins_each_unit_and_locked_builds_exactly_that") {
+        return;
+    }
+    setup();
+    let _turn = PING_RUST.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = tempfile::tempdir().expect("temp dir");
+    let composition = versions_composition(dir.path(), "versions", &[("current", "1.0.154"), ("older", "1.0.145")]);
+    let comp = composition.to_str().unwrap();
+    let lock_path = dir.path().join("tg-nix.lock");
+
+    // First build: both units (built here or by another test: same inputs, same outputs).
+    let (code, report, stderr) = build(&[comp]);
+    assert_eq!(code, 0, "{stderr}");
+    let lock = std::fs::read_to_string(&lock_path).expect("tg-nix.lock written beside the composition");
+    let doc: toml::Table = lock.parse().expect("the lock is TOML");
+    let units = doc["unit"].as_array().expect("[[unit]]");
+    assert_eq!(units.len(), 2, "{lock}");
+    for unit in units {
+        let (group, version) = match unit["groups"][0].as_str() {
+            Some("current") => ("current", "1.0.154"),
+            Some("older") => ("older", "1.0.145"),
+            other => panic!("unexpected group {other:?} in {lock}"),
+        };
+        let rewrite = &unit["rewrites"][0];
+        assert_eq!(rewrite["module"].as_str(), Some("serde_json"), "{group}");
+        assert_eq!(rewrite["version"].as_str(), Some(version), "{group}");
+        assert_eq!(rewrite["checksum"].as_str().map(str::len), Some(64), "{group}: crates.io checksum");
+        // The .drv and output paths tg-nix computed are Nix's.
+        let out = unit["out"].as_str().unwrap();
+        let deriver = Command::new("nix-store").args(["-q", "--deriver", out]).output().expect("nix-store");
+        assert_eq!(text(&deriver.stdout).trim(), unit["drv"].as_str().unwrap(), "{group}");
+        for key in ["src", "deps", "toolchain"] {
+            assert!(unit[key]["path"].as_str().unwrap().starts_with("/nix/store/"), "{group}.{key}");
+            assert_eq!(unit[key]["nar_hash"].as_str().map(str::len), Some(52), "{group}.{key}");
+        }
+    }
+    let outs: Vec<&str> = units.iter().map(|u| u["out"].as_str().unwrap()).collect();
+    assert_ne!(outs[0], outs[1]);
+    assert!(report["units"].as_array().is_some_and(|u| u.len() == 2), "{report:#}");
+
+    // Again: nothing is built, and it says so; the lock is unchanged.
+    let (code, report, stderr) = build(&[comp]);
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(outcomes(&report), [("current".into(), "cached".into()), ("older".into(), "cached".into())]);
+    assert!(stderr.contains("current done (cached): "), "{stderr}");
+    assert_eq!(std::fs::read_to_string(&lock_path).unwrap(), lock);
+
+    // --locked: the same, from the lock.
+    let (code, report, stderr) = build(&[comp, "--locked"]);
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(outcomes(&report).len(), 2);
+
+    // --locked with a composition the lock does not pin: refused before anything is built.
+    let changed = versions_composition(dir.path(), "versions", &[("current", "1.0.154"), ("older", "1.0.150")]);
+    let (code, _, stderr) = build(&[changed.to_str().unwrap(), "--locked"]);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains("no pin for group `older`"), "{stderr}");
+    assert!(stderr.contains("serde_json = 1.0.150"), "{stderr}");
+    assert!(stderr.contains("without --locked"), "{stderr}");
+    assert_eq!(std::fs::read_to_string(&lock_path).unwrap(), lock, "a refused build leaves the lock alone");
+
+    // --locked with a lock whose pin the unit no longer resolves to (edited deps hash): refused
+    // with what differs, nothing written.
+    versions_composition(dir.path(), "versions", &[("current", "1.0.154"), ("older", "1.0.145")]);
+    let older = units.iter().find(|u| u["groups"][0].as_str() == Some("older")).unwrap();
+    let real_hash = older["deps"]["nar_hash"].as_str().unwrap();
+    let forged = lock.replace(real_hash, &"0".repeat(52));
+    std::fs::write(&lock_path, &forged).unwrap();
+    let (code, _, stderr) = build(&[comp, "--locked"]);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains("group `older`: does not match tg-nix.lock"), "{stderr}");
+    assert!(stderr.contains("vendored dependencies"), "{stderr}");
+    assert_eq!(std::fs::read_to_string(&lock_path).unwrap(), forged);
+
+    // Without --locked: one group's version changed → exactly that unit is built; the lock
+    // follows.
+    std::fs::write(&lock_path, &lock).unwrap();
+    versions_composition(dir.path(), "versions", &[("current", "1.0.154"), ("older", "1.0.150")]);
+    let (code, report, stderr) = build(&[changed.to_str().unwrap()]);
+    assert_eq!(code, 0, "{stderr}");
+    let got = outcomes(&report);
+    assert_eq!(got[0], ("current".to_string(), "cached".to_string()), "{got:?}");
+    assert_eq!(got[1].0, "older");
+    assert_ne!(got[1].1, "cached", "{got:?}");
+    let relocked = std::fs::read_to_string(&lock_path).unwrap();
+    assert!(relocked.contains("version = \"1.0.150\"") && !relocked.contains("version = \"1.0.145\""), "{relocked}");
+}
+
+#[test]
+fn a_target_path_that_does_not_exist_names_the_group() {
+    if !ready("a_target_path_that_does_not_exist_names_the_group") {
+        return;
+    }
+    setup();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let composition = dir.path().join("missing-target.toml");
+    std::fs::write(
+        &composition,
+        format!(
+            "[global]\nplan = {:?}\ncase = \"ping\"\nbuilder = \"nix:rust\"\nrunner = \"local:exec\"\ntotal_instances = 2\n\n\
+             [[groups]]\nid = \"forked\"\ninstances = {{ count = 2 }}\n  [[groups.build.dependencies]]\n  module = \"serde_json\"\n  version = \"1.0.999\"\n  target = \"../no-such-fork\"\n",
+            repo().join("plans/ping-rust").display().to_string()
+        ),
+    )
+    .unwrap();
+    let (code, _, stderr) = build(&[composition.to_str().unwrap()]);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains("group `forked`: build_config.dependencies.serde_json.target"), "{stderr}");
+    assert!(stderr.contains("no-such-fork: no Cargo.toml there"), "{stderr}");
+    assert!(!dir.path().join("tg-nix.lock").exists(), "nothing is pinned for a failed build");
+}
+
+#[test]
+fn a_host_without_the_sandbox_or_the_imports_is_refused_naming_the_group() {
+    if !ready("a_host_without_the_sandbox_or_the_imports_is_refused_naming_the_group") {
+        return;
+    }
+    setup();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let build = |env: &[(&str, &Path)]| {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_tg-nix"));
+        cmd.current_dir(repo()).env("TG_NIX_HOME", home()).env_remove("RUST_LOG");
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let out = cmd
+            .args(["build", "--plan", "plans/ping-rust", "--case", "ping", "--builder", "nix:rust"])
+            .output()
+            .expect("tg-nix runs");
+        (out.status.code().unwrap_or(-1), text(&out.stderr))
+    };
+
+    // The sandbox off in the nix.conf Nix would read (NIX_CONF_DIR, as Nix honours it).
+    let conf_dir = dir.path().join("nix-conf");
+    std::fs::create_dir_all(&conf_dir).unwrap();
+    std::fs::write(conf_dir.join("nix.conf"), "sandbox = false\n").unwrap();
+    let (code, stderr) = build(&[("NIX_CONF_DIR", &conf_dir)]);
+    assert_eq!(code, 4, "{stderr}");
+    assert!(stderr.contains("group `single` (nix:rust)"), "{stderr}");
+    assert!(stderr.contains("`sandbox = false`"), "{stderr}");
+    assert!(stderr.contains("hint: run `tg-nix setup` as root"), "{stderr}");
+
+    // A home where `tg-nix setup` never ran: no toolchain import. Nothing is created there.
+    let fresh = dir.path().join("fresh-home");
+    let (code, stderr) = build(&[("TG_NIX_HOME", &fresh)]);
+    assert_eq!(code, 4, "{stderr}");
+    assert!(stderr.contains("group `single` (nix:rust)"), "{stderr}");
+    assert!(stderr.contains("`tg-nix setup` has not been run for this tg-nix home"), "{stderr}");
+    assert!(stderr.contains("hint: run `tg-nix setup` as root"), "{stderr}");
+    assert!(!fresh.join("data/state").exists(), "no state DB was made for a refused build");
 }

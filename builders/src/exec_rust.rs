@@ -138,7 +138,7 @@ pub fn build(req: &BuildRequest<'_>) -> Result<Artifact, BuildError> {
         return Err(BuildError::Command { group, command, status: status.to_string(), stderr_tail });
     }
     match executables.len() {
-        1 => Ok(Artifact { program: executables.remove(0), cached: None }),
+        1 => Ok(Artifact { program: executables.remove(0), cached: None, pin: None }),
         0 => Err(BuildError::NoProgram { group, message: "the package has no binary target".into() }),
         _ => Err(BuildError::NoProgram {
             group,

@@ -24,6 +24,7 @@
 //! ```
 
 mod exec_rust;
+pub mod image;
 pub mod nix;
 pub mod store;
 
@@ -50,6 +51,9 @@ pub struct BuildRequest<'a> {
     pub state_dir: &'a Path,
     /// Where the builder says what it is doing.
     pub progress: &'a (dyn Fn(Progress<'_>) + Sync),
+    /// `--locked`: what tg-nix.lock pins for this unit. A nix:* unit that resolves to anything
+    /// else fails ([`BuildError::Locked`]) before building.
+    pub locked: Option<&'a nix::Pin>,
 }
 
 /// What a builder is doing; the caller decides how to show it.
@@ -70,6 +74,8 @@ pub struct Artifact {
     /// Whether nothing had to be built, when the builder can tell (nix:* can: Nix's store is the
     /// cache; exec:rust leaves that to cargo).
     pub cached: Option<bool>,
+    /// What a nix:* unit is made of (tg-nix.lock records it); `None` for exec:* builders.
+    pub pin: Option<nix::Pin>,
 }
 
 /// Why a build failed. Each variant says which build unit and carries what a user needs to fix it.
@@ -90,6 +96,12 @@ pub enum BuildError {
     /// A `[[groups.build.dependencies]]` rewrite that cargo could not apply.
     #[error("group `{group}`: dependency rewrite `{rewrite}` failed: {detail}")]
     Rewrite { group: String, rewrite: String, detail: String },
+    /// Under `--locked`, the unit no longer resolves to what tg-nix.lock pins.
+    #[error(
+        "group `{group}`: does not match tg-nix.lock (--locked):\n  {}\nrun without --locked to resolve again and update the lock",
+        diffs.join("\n  ")
+    )]
+    Locked { group: String, diffs: Vec<String> },
     /// The host is not ready for a nix:* builder (Nix, its sandbox, the imports); `fix` says how.
     #[error("{message}")]
     NotReady { message: String, fix: String },
@@ -99,6 +111,9 @@ pub enum BuildError {
     /// A file tg-nix manages (staging, generated expressions, GC roots) could not be written.
     #[error("{path}: {source}")]
     Io { path: String, source: std::io::Error },
+    /// A container image could not be made (local:docker): `tag` names it.
+    #[error("image {tag}: {message}")]
+    Image { tag: String, message: String },
     /// The state DB could not be opened, read or written.
     #[error("state DB {path}: {message}")]
     State { path: String, message: String },
@@ -115,6 +130,26 @@ pub fn build(req: &BuildRequest<'_>) -> Result<Artifact, BuildError> {
             known: BUILDERS.join(", "),
         }),
     }
+}
+
+/// For each request, its artifact when it is already built and nothing needs doing (nix:* units
+/// with unchanged inputs and a valid output, found with one store query for all of them); `None`
+/// where [`build`] has work to do. Never fails: whatever it cannot tell, `build` will.
+pub fn already_built(reqs: &[BuildRequest<'_>]) -> Vec<Option<Artifact>> {
+    let mut found = vec![None; reqs.len()];
+    let nix: Vec<(usize, &BuildRequest<'_>)> =
+        reqs.iter().enumerate().filter(|(_, r)| r.unit.builder == nix::rust::ID).collect();
+    let refs: Vec<&BuildRequest<'_>> = nix.iter().map(|(_, r)| *r).collect();
+    for ((i, _), artifact) in nix.iter().zip(nix::rust::already_built(&refs)) {
+        found[*i] = artifact;
+    }
+    found
+}
+
+/// A unit's [`dedup_key`] within `plan` as a stable digest (SHA-256, 32 hex digits): how files
+/// such as tg-nix.lock name a unit.
+pub fn unit_digest(plan: &str, unit: &BuildUnit) -> String {
+    nix::sha256_hex(format!("{plan}\0{}", dedup_key(unit)).as_bytes())[..32].to_string()
 }
 
 /// The key under which two build units produce the same artifact: builder, config, selectors and

@@ -12,6 +12,7 @@
 //!
 //! This module never runs instances and never touches a store path it did not add or build.
 
+pub mod derive;
 pub mod rust;
 pub mod setup;
 pub mod state;
@@ -28,7 +29,7 @@ use sha2::{Digest, Sha256};
 
 use crate::BuildError;
 
-pub use rust::Generated;
+pub use rust::{Fixed, Generated, Pin, PinnedRewrite};
 pub use setup::{setup, status, ImportStatus, SetupOptions, SetupReport, SetupStep};
 
 /// Resolve and derive a nix:* unit without building it (`tg-nix gen`).
@@ -53,18 +54,29 @@ pub(crate) const TAIL_LINES: usize = 40;
 /// The fix for every "not set up" problem.
 pub const SETUP_FIX: &str = "run `tg-nix setup` as root (scripts/setup.sh does it)";
 
-/// `sandbox = true` in /etc/nix/nix.conf, or why not. The nix:* builders refuse to build without
-/// the sandbox: an unsandboxed build sees the host's /usr and is not hermetic.
+/// The nix.conf Nix reads: `$NIX_CONF_DIR/nix.conf` when that is set (as Nix does), else
+/// [`NIX_CONF`].
+pub fn nix_conf_path() -> PathBuf {
+    match std::env::var_os("NIX_CONF_DIR") {
+        Some(dir) if !dir.is_empty() => Path::new(&dir).join("nix.conf"),
+        _ => PathBuf::from(NIX_CONF),
+    }
+}
+
+/// `sandbox = true` in the nix.conf Nix reads, or why not. The nix:* builders refuse to build
+/// without the sandbox: an unsandboxed build sees the host's /usr and is not hermetic.
 pub fn check_sandbox() -> Result<(), BuildError> {
-    let conf = std::fs::read_to_string(NIX_CONF).map_err(|e| BuildError::NotReady {
-        message: format!("cannot read {NIX_CONF} ({e}): nix:* builders only build in the Nix sandbox"),
+    let path = nix_conf_path();
+    let conf = std::fs::read_to_string(&path).map_err(|e| BuildError::NotReady {
+        message: format!("cannot read {} ({e}): nix:* builders only build in the Nix sandbox", path.display()),
         fix: SETUP_FIX.to_string(),
     })?;
     match conf_value(&conf, "sandbox").as_deref() {
         Some("true") => Ok(()),
         other => Err(BuildError::NotReady {
             message: format!(
-                "{NIX_CONF} has {}: nix:* builders only build in the Nix sandbox (`sandbox = true`)",
+                "{} has {}: nix:* builders only build in the Nix sandbox (`sandbox = true`)",
+                path.display(),
                 match other {
                     Some(v) => format!("`sandbox = {v}`"),
                     None => "no `sandbox` setting".to_string(),
@@ -251,6 +263,33 @@ pub(crate) fn set_root(name: &str, target: &str) -> Result<PathBuf, BuildError> 
     std::os::unix::fs::symlink(target, &tmp).map_err(|e| io_err(&tmp, e))?;
     std::fs::rename(&tmp, &link).map_err(|e| io_err(&link, e))?;
     Ok(link)
+}
+
+/// Keeps every store path of `pins` alive while `holder` (a lock file) pins them: GC roots
+/// `<GCROOTS>/lock-<digest of holder's path>-<n>-{src,deps,drv,out}`; roots of the same holder
+/// for pins it no longer has are removed.
+pub fn root_pins(holder: &Path, pins: &[&Pin]) -> Result<(), BuildError> {
+    let holder = holder.canonicalize().unwrap_or_else(|_| holder.to_path_buf());
+    let owner = format!("lock-{}", &sha256_hex(holder.as_os_str().as_encoded_bytes())[..16]);
+    std::fs::create_dir_all(GCROOTS).map_err(|e| io_err(Path::new(GCROOTS), e))?;
+    let mut kept = std::collections::BTreeSet::new();
+    for (n, pin) in pins.iter().enumerate() {
+        for (kind, path) in [("src", &pin.src.path), ("deps", &pin.deps.path), ("drv", &pin.drv), ("out", &pin.out)] {
+            if path.starts_with("/nix/store/") && Path::new(path).exists() {
+                let name = format!("{owner}-{n}-{kind}");
+                set_root(&name, path)?;
+                kept.insert(name);
+            }
+        }
+    }
+    let prefix = format!("{owner}-");
+    for entry in std::fs::read_dir(GCROOTS).map_err(|e| io_err(Path::new(GCROOTS), e))?.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name.starts_with(&prefix) && !kept.contains(&name) {
+            let _ = std::fs::remove_file(entry.path());
+        }
+    }
+    Ok(())
 }
 
 pub(crate) fn io_err(path: &Path, source: std::io::Error) -> BuildError {

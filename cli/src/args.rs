@@ -17,6 +17,7 @@ use clap::{Args, Parser, Subcommand};
     after_help = "Examples:\n  \
         tg-nix run plans/ping-rust/compositions/ping.toml\n  \
         tg-nix run --plan plans/placebo-rust --case ok --instances 3\n  \
+        tg-nix build plans/ping-rust/compositions/ping-nix-versions.toml --locked\n  \
         sudo tg-nix setup && tg-nix run --plan plans/ping-rust --case ping --builder nix:rust\n  \
         tg-nix describe plans/ping-rust\n  \
         tg-nix doctor\n\n\
@@ -39,6 +40,9 @@ pub struct Cli {
 pub enum Command {
     /// Build and run a composition (or a single group given by flags) and report each instance's verdict.
     Run(Box<RunArgs>),
+    /// Build every unit of a composition without running it, and pin the nix:* units in
+    /// tg-nix.lock beside the composition. Nothing is rebuilt whose inputs did not change.
+    Build(Box<BuildArgs>),
     /// Show a plan's test cases, their parameters and instance bounds, and its builders and runners.
     Describe {
         /// The plan directory (the one holding manifest.toml).
@@ -81,13 +85,25 @@ pub enum Command {
         /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
+        /// Also measure shaping accuracy: the bandwidth 1 and 10 Mbit/s limits really deliver
+        /// between two throwaway namespaces (and latency, where the kernel has netem). Needs root.
+        #[arg(long)]
+        network: bool,
     },
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell) to stdout.
     Completions { shell: clap_complete::Shell },
+    /// Remove every container and network that local:docker runs left behind (found by the label
+    /// `tg-nix.run`), e.g. after tg-nix was killed with SIGKILL.
+    Terminate {
+        /// Print JSON instead of a line.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
+/// What to build: a composition, or a single group given by flags. Shared by `run` and `build`.
 #[derive(Debug, Args)]
-pub struct RunArgs {
+pub struct TargetArgs {
     /// A Testground composition file. Its global.plan is looked up relative to the file, then
     /// under <home>/plans/.
     #[arg(value_name = "COMPOSITION", required_unless_present = "plan")]
@@ -117,6 +133,33 @@ pub struct RunArgs {
     /// A run_config entry, `key=value`; repeat for more.
     #[arg(long = "run-cfg", value_name = "K=V", value_parser = parse_key_value, help_heading = "Single group")]
     pub run_cfg: Vec<(String, String)>,
+
+    /// Build exactly what tg-nix.lock (beside the composition) pins: a nix:* unit that the lock
+    /// does not have, or that no longer resolves to its pins, is an error; the lock is not written.
+    #[arg(long, help_heading = "Build")]
+    pub locked: bool,
+    /// How many build units to build at the same time.
+    #[arg(long, value_name = "N", default_value_t = default_jobs(), help_heading = "Build")]
+    pub jobs: usize,
+}
+
+fn default_jobs() -> usize {
+    std::thread::available_parallelism().map(|n| n.get().clamp(1, 4)).unwrap_or(2)
+}
+
+#[derive(Debug, Args)]
+pub struct BuildArgs {
+    #[command(flatten)]
+    pub target: TargetArgs,
+    /// Print what was built as JSON on stdout (progress still goes to stderr).
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    #[command(flatten)]
+    pub target: TargetArgs,
 
     /// Only these [[runs]] ids (comma-separated) [default: all, in file order].
     #[arg(long, value_delimiter = ',')]
@@ -168,9 +211,10 @@ mod tests {
         .unwrap();
         let Command::Run(run) = cli.command else { panic!("not run") };
         let run = *run;
-        assert_eq!(run.test_params, vec![("a".to_string(), "b=c".to_string())]);
+        assert_eq!(run.target.test_params, vec![("a".to_string(), "b=c".to_string())]);
         assert_eq!(run.timeout, Duration::from_secs(90));
-        assert_eq!(run.instances, Some(3));
+        assert_eq!(run.target.instances, Some(3));
+        assert!(!run.target.locked);
     }
 
     #[test]
@@ -179,5 +223,9 @@ mod tests {
         assert!(Cli::try_parse_from(["tg-nix", "run", "c.toml", "--plan", "p", "--case", "x"]).is_err());
         assert!(Cli::try_parse_from(["tg-nix", "run"]).is_err());
         assert!(Cli::try_parse_from(["tg-nix", "run", "--plan", "p", "--case", "x", "--test-param", "=v"]).is_err());
+        let cli = Cli::try_parse_from(["tg-nix", "build", "c.toml", "--locked", "--jobs", "1"]).unwrap();
+        let Command::Build(build) = cli.command else { panic!("not build") };
+        assert!(build.target.locked);
+        assert_eq!(build.target.jobs, 1);
     }
 }

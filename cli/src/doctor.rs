@@ -42,6 +42,7 @@ pub async fn checks(home: &crate::home::Home) -> Vec<Check> {
         };
         out.push(check(&name, c.support.is_supported(), detail));
     }
+    out.push(shaping_summary(&caps));
     match version_of("cargo", "--version") {
         Ok(v) => out.push(check("cargo (exec:rust builder)", true, v)),
         Err(e) => out.push(check("cargo (exec:rust builder)", false, e)),
@@ -95,4 +96,50 @@ pub fn render(checks: &[Check]) -> String {
         out.push_str(&format!("{} {:width$}  {}\n", if c.ok { "ok  " } else { "no  " }, c.name, c.detail));
     }
     out
+}
+
+/// The result of `doctor --network`: the accuracy table, or why it could not be measured.
+pub type NetworkCheck = Result<tg_nix_runner::shaping::selfcheck::SelfCheck, String>;
+
+/// Measures what 1 and 10 Mbit/s limits deliver between two throwaway namespaces (about 3 s each).
+pub async fn network() -> NetworkCheck {
+    if !tg_nix_runner::netns::is_root() {
+        return Err("needs root: the measurement runs between two network namespaces".into());
+    }
+    let caps = tg_nix_runner::capability::probe().await;
+    tg_nix_runner::shaping::selfcheck::measure(&[1_000_000, 10_000_000], 3.0, &caps).await.map_err(|e| e.to_string())
+}
+
+pub fn render_network(check: &NetworkCheck) -> String {
+    match check {
+        Ok(sc) => sc.to_string(),
+        Err(e) => format!("shaping accuracy: not measured: {e}\n"),
+    }
+}
+
+pub fn network_json(check: &NetworkCheck) -> serde_json::Value {
+    match check {
+        Ok(sc) => serde_json::to_value(sc).unwrap_or_default(),
+        Err(e) => serde_json::json!({"error": e}),
+    }
+}
+
+/// One line saying which parts of a NetworkConfig this host can apply.
+fn shaping_summary(caps: &tg_nix_runner::capability::Capabilities) -> Check {
+    use tg_nix_runner::capability::Feature;
+    let has = |f: Feature| caps.get(f).is_some_and(|s| s.is_supported());
+    let root = has(Feature::Root) && has(Feature::NetworkNamespaces);
+    let parts = [
+        ("bandwidth", root && has(Feature::Qdisc("htb"))),
+        ("per-subnet rules", root && has(Feature::Qdisc("htb")) && has(Feature::Classifier("u32"))),
+        ("filters, enable, routing_policy, IPv4", root),
+        ("latency/jitter/loss/corrupt/reorder/duplicate", root && has(Feature::Qdisc("netem"))),
+    ];
+    let yes: Vec<&str> = parts.iter().filter(|p| p.1).map(|p| p.0).collect();
+    let no: Vec<&str> = parts.iter().filter(|p| !p.1).map(|p| p.0).collect();
+    let mut detail = format!("applies: {}", if yes.is_empty() { "nothing".to_string() } else { yes.join(", ") });
+    if !no.is_empty() {
+        detail += &format!("; refuses (the run fails at once): {}", no.join(", "));
+    }
+    check("network shaping (local:exec)", no.is_empty(), detail)
 }

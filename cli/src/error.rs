@@ -72,9 +72,9 @@ impl From<tg_nix_builders::BuildError> for CliError {
     fn from(e: tg_nix_builders::BuildError) -> CliError {
         use tg_nix_builders::BuildError as B;
         let code = match &e {
-            B::UnknownBuilder { .. } | B::Config { .. } | B::Unsupported { .. } => exit::BAD_INPUT,
+            B::UnknownBuilder { .. } | B::Config { .. } | B::Unsupported { .. } | B::Locked { .. } => exit::BAD_INPUT,
             B::Spawn { .. } | B::Command { .. } | B::NoProgram { .. } | B::Rewrite { .. } => exit::BUILD_FAILED,
-            B::NotReady { .. } | B::Setup { .. } | B::Io { .. } | B::State { .. } => exit::INFRA,
+            B::NotReady { .. } | B::Setup { .. } | B::Io { .. } | B::State { .. } | B::Image { .. } => exit::INFRA,
         };
         let hint = match &e {
             B::Spawn { command, .. } if command.starts_with("nix") => {

@@ -4,10 +4,13 @@
 use std::path::{Path, PathBuf};
 
 use tg_nix_builders::nix::Generated;
+use tg_nix_builders::BuildRequest;
 use tg_nix_model::Composition;
 
+use crate::build::distinct_units;
 use crate::error::{exit, CliError};
 use crate::home::Home;
+use crate::progress::BuildDisplay;
 
 pub fn run(composition: &Path, home: &Home, json: bool) -> Result<i32, CliError> {
     let loaded = Composition::load(composition)?;
@@ -20,8 +23,21 @@ pub fn run(composition: &Path, home: &Home, json: bool) -> Result<i32, CliError>
         }
         has_expression
     });
-    let groups: Vec<(String, Generated)> =
-        crate::run::per_distinct_unit(nix_units, &plan_dir, home, |req| Ok(tg_nix_builders::nix::generate(req)?))?;
+    let display = BuildDisplay::new();
+    let mut groups: Vec<(String, Generated)> = Vec::new();
+    for distinct in distinct_units(nix_units) {
+        let progress = display.unit(&distinct.label());
+        let generated = tg_nix_builders::nix::generate(&BuildRequest {
+            plan_dir: &plan_dir,
+            unit: distinct.unit,
+            cargo_target_dir: &home.cargo_target_dir(),
+            work_dir: &home.work_dir(),
+            state_dir: &home.state_dir(),
+            progress: &|p| progress.report(p),
+            locked: None,
+        })?;
+        groups.extend(distinct.groups.into_iter().map(|g| (g, generated.clone())));
+    }
     let Some(dir) = groups.first().and_then(|(_, g)| g.file.parent()).map(Path::to_path_buf) else {
         return Err(CliError::input(
             format!("{}: no group uses a nix:* builder", composition.display()),

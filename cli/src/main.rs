@@ -3,13 +3,16 @@
 //! documented code (see `error::exit`).
 
 mod args;
+mod build;
 mod doctor;
 mod error;
 mod gen;
 mod home;
+mod lock;
 mod progress;
 mod report;
 mod run;
+mod run_docker;
 mod setup;
 
 use std::io::Write as _;
@@ -67,6 +70,13 @@ async fn dispatch(cli: Cli) -> i32 {
             tokio::spawn(interrupts(cancel.clone()));
             run::run(*args, home, cancel).await
         }
+        Command::Build(args) => {
+            let home = home.clone();
+            // Builds block (cargo, nix-build): keep them off the async workers.
+            tokio::task::spawn_blocking(move || build::run(&args, &home))
+                .await
+                .unwrap_or_else(|e| Err(CliError::infra(format!("build task failed: {e}"))))
+        }
         Command::Describe { plan, json } => describe(&plan, json),
         Command::SyncService { listen, max_message_size } => sync_service(listen, max_message_size).await,
         Command::Setup { force, json } => {
@@ -82,15 +92,24 @@ async fn dispatch(cli: Cli) -> i32 {
                 .await
                 .unwrap_or_else(|e| Err(CliError::infra(format!("gen task failed: {e}"))))
         }
-        Command::Doctor { json } => {
+        Command::Doctor { json, network } => {
             let checks = doctor::checks(&home).await;
+            let selfcheck = if network { Some(doctor::network().await) } else { None };
             if json {
-                println!("{}", serde_json::to_string_pretty(&checks).unwrap_or_default());
+                let value = match &selfcheck {
+                    Some(sc) => serde_json::json!({"checks": checks, "network": doctor::network_json(sc)}),
+                    None => serde_json::to_value(&checks).unwrap_or_default(),
+                };
+                println!("{}", serde_json::to_string_pretty(&value).unwrap_or_default());
             } else {
                 print!("{}", doctor::render(&checks));
+                if let Some(sc) = &selfcheck {
+                    print!("\n{}", doctor::render_network(sc));
+                }
             }
             Ok(exit::OK)
         }
+        Command::Terminate { json } => run_docker::terminate(json).await,
         Command::Completions { shell } => {
             clap_complete::generate(shell, &mut Cli::command(), "tg-nix", &mut std::io::stdout());
             Ok(exit::OK)

@@ -62,9 +62,9 @@ impl RunReport {
         RunReport {
             run_id: outcome.run_id.clone(),
             composition_run: composition_run.to_string(),
-            plan: plan.prepared.plan.clone(),
-            case: plan.prepared.case.clone(),
-            runner: plan.prepared.runner.clone(),
+            plan: plan.target.prepared.plan.clone(),
+            case: plan.target.prepared.case.clone(),
+            runner: plan.target.prepared.runner.clone(),
             outcome: outcome_word.to_string(),
             groups,
             instances: outcome.instances.clone(),

@@ -1,35 +1,34 @@
 //! `tg-nix run`: resolve the composition into a plan, build every unit, run every run, report.
 
-use std::collections::BTreeMap;
 use std::path::{Component, Path, PathBuf};
 
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use tg_nix_builders::{BuildRequest, BUILDERS};
-use tg_nix_model::{BuildUnit, Composition, Manifest, Prepared, SingleRun};
+use tg_nix_builders::BUILDERS;
+use tg_nix_model::{Composition, Manifest, Prepared, SingleRun};
 use tg_nix_runner::netns::{is_root, DEFAULT_DATA_SUBNET};
 use tg_nix_runner::{ExecRunSpec, GroupLaunch, Isolation, RunEvent, RunOutcome};
 
-use crate::args::RunArgs;
+use crate::args::{RunArgs, TargetArgs};
+use crate::build::build_all;
 use crate::error::{exit, CliError};
 use crate::home::Home;
-use crate::progress::BuildProgress;
 use crate::report::{self, RunReport};
 
 /// Runners this version can run with.
-const RUNNERS: &[&str] = &["local:exec"];
+const RUNNERS: &[&str] = &["local:exec", "local:docker"];
 
-/// A validated `run`: everything is known and checked before any build starts.
-pub struct RunPlan {
+/// What to build: a composition (or a single group from flags) checked against its plan.
+pub struct Target {
     pub plan_dir: PathBuf,
     pub prepared: Prepared,
-    pub run_ids: Vec<String>,
-    pub isolation: Isolation,
+    /// The composition file, when there is one (tg-nix.lock lives beside it).
+    pub composition: Option<PathBuf>,
 }
 
-impl RunPlan {
-    pub fn resolve(args: &RunArgs, home: &Home) -> Result<RunPlan, CliError> {
+impl Target {
+    pub fn resolve(args: &TargetArgs, home: &Home) -> Result<Target, CliError> {
         let (composition, base_dir) = match (&args.composition, &args.plan) {
             (Some(path), _) => {
                 let composition = Composition::load(path)?;
@@ -62,17 +61,29 @@ impl RunPlan {
             }
         };
         let (plan_dir, prepared) = prepare(&composition, &base_dir, home)?;
+        Ok(Target { plan_dir, prepared, composition: args.composition.clone() })
+    }
+}
+
+/// A validated `run`: everything is known and checked before any build starts.
+pub struct RunPlan {
+    pub target: Target,
+    pub run_ids: Vec<String>,
+    pub isolation: Isolation,
+}
+
+impl RunPlan {
+    pub fn resolve(args: &RunArgs, home: &Home) -> Result<RunPlan, CliError> {
+        let target = Target::resolve(&args.target, home)?;
+        let prepared = &target.prepared;
+        let source = target.composition.clone().unwrap_or_else(|| PathBuf::from("--plan"));
         if !RUNNERS.contains(&prepared.runner.as_str()) {
             return Err(CliError::input(
-                format!(
-                    "{}: global.runner: `{}` is not available in this version",
-                    composition.source.display(),
-                    prepared.runner
-                ),
+                format!("{}: global.runner: `{}` is not available in this version", source.display(), prepared.runner),
                 format!("use one of: {}", RUNNERS.join(", ")),
             ));
         }
-        let run_ids = select_runs(&prepared, &args.run_ids, &composition.source)?;
+        let run_ids = select_runs(prepared, &args.run_ids, &source)?;
         let isolation = if !args.host_network && is_root() {
             // Testground's first local:docker data subnet. Every run has its own hub namespace, so
             // concurrent runs can all use it.
@@ -87,7 +98,7 @@ impl RunPlan {
             );
             Isolation::HostNetwork
         };
-        Ok(RunPlan { plan_dir, prepared, run_ids, isolation })
+        Ok(RunPlan { target, run_ids, isolation })
     }
 }
 
@@ -172,79 +183,29 @@ fn select_runs(prepared: &Prepared, wanted: &[String], source: &Path) -> Result<
     Ok(wanted.to_vec())
 }
 
-/// Runs `step` (a build, or `gen`'s generation) for each unit with its request and a progress
-/// display, once per distinct unit: units with the same dedup key share the first one's result.
-/// Returns the result of every unit's group id, in order.
-pub(crate) fn per_distinct_unit<'a, T: Clone>(
-    units: impl IntoIterator<Item = &'a BuildUnit>,
-    plan_dir: &Path,
-    home: &Home,
-    mut step: impl FnMut(&BuildRequest<'_>) -> Result<T, CliError>,
-) -> Result<Vec<(String, T)>, CliError> {
-    let (target_dir, work_dir, state_dir) = (home.cargo_target_dir(), home.work_dir(), home.state_dir());
-    let mut by_key: BTreeMap<String, T> = BTreeMap::new();
-    let mut results = Vec::new();
-    for unit in units {
-        let key = tg_nix_builders::dedup_key(unit);
-        let result = match by_key.get(&key) {
-            Some(done) => done.clone(),
-            None => {
-                let progress = BuildProgress::new(&unit.group_id);
-                let result = step(&BuildRequest {
-                    plan_dir,
-                    unit,
-                    cargo_target_dir: &target_dir,
-                    work_dir: &work_dir,
-                    state_dir: &state_dir,
-                    progress: &|p| progress.report(p),
-                });
-                progress.finish();
-                let result = result?;
-                by_key.insert(key, result.clone());
-                result
-            }
-        };
-        results.push((unit.group_id.clone(), result));
-    }
-    Ok(results)
-}
-
-/// Builds every distinct unit once; returns the program of each group id.
-fn build_all(plan: &RunPlan, home: &Home) -> Result<BTreeMap<String, PathBuf>, CliError> {
-    let built = per_distinct_unit(&plan.prepared.builds, &plan.plan_dir, home, |req| {
-        let started = std::time::Instant::now();
-        eprintln!("build  {} ({}) …", req.unit.group_id, req.unit.builder);
-        let artifact = tg_nix_builders::build(req)?;
-        eprintln!(
-            "build  {} done in {:.2}s{}: {}",
-            req.unit.group_id,
-            started.elapsed().as_secs_f64(),
-            if artifact.cached == Some(true) { " (cached)" } else { "" },
-            artifact.program.display()
-        );
-        Ok(artifact.program)
-    })?;
-    Ok(built.into_iter().collect())
-}
-
 /// Runs `tg-nix run`; returns the process exit code.
 pub async fn run(args: RunArgs, home: Home, cancel: CancellationToken) -> Result<i32, CliError> {
     let plan = RunPlan::resolve(&args, &home)?;
-    let programs = {
-        // Builds block (cargo); keep them off the async workers.
+    let (locked, jobs) = (args.target.locked, args.target.jobs);
+    let built = {
+        // Builds block (cargo, nix-build); keep them off the async workers.
         let home = home.clone();
-        tokio::task::spawn_blocking(move || build_all(&plan, &home).map(|p| (plan, p)))
+        tokio::task::spawn_blocking(move || build_all(&plan.target, &home, locked, jobs).map(|b| (plan, b)))
             .await
             .map_err(|e| CliError::infra(format!("build task failed: {e}")))?
     };
-    let (plan, programs) = programs?;
+    let (plan, built) = built?;
+    let programs = built.programs;
+    if plan.target.prepared.runner == "local:docker" {
+        return crate::run_docker::run(&args, &plan, &programs, &home, cancel).await;
+    }
 
     let mut reports = Vec::new();
     for run_id in &plan.run_ids {
         if cancel.is_cancelled() {
             break;
         }
-        let Some(run) = plan.prepared.runs.iter().find(|r| &r.id == run_id) else { continue };
+        let Some(run) = plan.target.prepared.runs.iter().find(|r| &r.id == run_id) else { continue };
         let id = new_run_id();
         let groups = run
             .groups
@@ -257,18 +218,18 @@ pub async fn run(args: RunArgs, home: Home, cancel: CancellationToken) -> Result
                 profiles: g.profiles.clone(),
             })
             .collect();
-        let outputs_dir = home.outputs_dir("local_exec", &plan.prepared.plan).join(&id);
+        let outputs_dir = home.outputs_dir("local_exec", &plan.target.prepared.plan).join(&id);
         let spec = ExecRunSpec {
             run_id: id.clone(),
-            plan: plan.prepared.plan.clone(),
-            case: plan.prepared.case.clone(),
+            plan: plan.target.prepared.plan.clone(),
+            case: plan.target.prepared.case.clone(),
             groups,
             outputs_dir: outputs_dir.clone(),
             work_dir: home.work_dir().join("runs").join(&id),
             timeout: args.timeout,
             isolation: plan.isolation.clone(),
-            disable_metrics: plan.prepared.disable_metrics,
-            log_level: plan.prepared.run_config.get("log_level").and_then(|v| v.as_str()).map(String::from),
+            disable_metrics: plan.target.prepared.disable_metrics,
+            log_level: plan.target.prepared.run_config.get("log_level").and_then(|v| v.as_str()).map(String::from),
         };
         let (tx, rx) = mpsc::unbounded_channel();
         let printer = tokio::spawn(print_progress(rx));
@@ -292,7 +253,7 @@ pub async fn run(args: RunArgs, home: Home, cancel: CancellationToken) -> Result
 
 /// Plain progress lines on stderr: the run starting, and each instance that does not pass as soon
 /// as it ends (a passing instance is only counted in the report).
-async fn print_progress(mut rx: mpsc::UnboundedReceiver<RunEvent>) {
+pub(crate) async fn print_progress(mut rx: mpsc::UnboundedReceiver<RunEvent>) {
     while let Some(event) = rx.recv().await {
         match event {
             RunEvent::RunStarted { run_id, instances } => eprintln!("run    {run_id}: starting {instances} instances"),

@@ -22,9 +22,10 @@ use std::process::Command;
 use serde::{Deserialize, Serialize};
 use tg_nix_model::Dependency;
 
+use super::derive;
 use super::realise::nix_build;
-use super::setup::{render, write_library, Imports};
-use super::stage::copy_tree;
+use super::setup::{library_digest, render, write_library, Imports};
+use super::stage::{copy_tree, digest_tree};
 use super::state::State;
 use super::{
     add_recursive_at, comment, fixed_path_of, invalid_paths, io_err, nix_str, output, sha256_hex, store_name,
@@ -59,19 +60,70 @@ pub struct Generated {
     pub deps: String,
     /// What the resolve step said that a user should know (a generated lockfile…).
     pub notes: Vec<String>,
+    /// The hash of every input of the unit (see [`fingerprint`]): the key of its build record.
+    pub fingerprint: String,
+    /// What the unit is made of, as tg-nix.lock pins it, with the .drv and output paths computed
+    /// without Nix.
+    pub pin: Pin,
 }
 
-/// Resolve, derive and realise one unit.
+/// What a nix:rust unit is made of, exactly: tg-nix.lock holds one per unit, and `--locked`
+/// builds a unit only when it resolves to this again.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Pin {
+    /// The program: `<out>/bin/<bin>`.
+    pub bin: String,
+    /// The packages of the rewritten modules as Cargo.lock has them after the rewrites.
+    #[serde(default)]
+    pub rewrites: Vec<PinnedRewrite>,
+    /// SHA-256 (hex) of the Cargo.lock the build used.
+    pub cargo_lock: String,
+    /// The staged source, the vendored dependencies and the Rust toolchain, by NAR hash.
+    pub src: Fixed,
+    pub deps: Fixed,
+    pub toolchain: Fixed,
+    /// The derivation and its output.
+    pub drv: String,
+    pub out: String,
+}
+
+/// A store path and its NAR hash (sha256, nix base32).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Fixed {
+    pub path: String,
+    pub nar_hash: String,
+}
+
+/// One package of a rewritten module, as cargo resolved it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PinnedRewrite {
+    pub module: String,
+    /// What the composition asked for.
+    pub requested: String,
+    pub version: String,
+    /// Cargo.lock's `source` (`registry+…`), or `path` for a local target.
+    pub source: String,
+    /// Cargo.lock's checksum of the crate (registry crates only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub checksum: Option<String>,
+}
+
+/// Resolve, derive and realise one unit. With `req.locked`, the unit must resolve to that pin
+/// again (else nothing is built); the result is recorded under the unit's fingerprint, so that
+/// [`already_built`] finds it next time.
 pub fn build(req: &BuildRequest<'_>) -> Result<Artifact, BuildError> {
-    super::check_sandbox()?;
+    let group = &req.unit.group_id;
+    super::check_sandbox().map_err(|e| for_group(e, group))?;
     if !super::is_root() {
         return Err(BuildError::NotReady {
-            message: "nix:rust builds in root's single-user Nix store".to_string(),
+            message: format!("group `{group}`: {ID} builds in root's single-user Nix store"),
             fix: "run tg-nix as root".to_string(),
         });
     }
     let gen = generate(req)?;
-    let group = &req.unit.group_id;
+    if let Some(want) = req.locked {
+        check_pin(group, want, &gen.pin)?;
+    }
     std::fs::create_dir_all(GCROOTS).map_err(|e| io_err(Path::new(GCROOTS), e))?;
     (req.progress)(Progress::Step(&format!("nix-build {}", gen.file.display())));
     let realised = nix_build(&gen.file, &gen.out_link, group, req.progress)?;
@@ -82,9 +134,156 @@ pub fn build(req: &BuildRequest<'_>) -> Result<Artifact, BuildError> {
             message: format!("{} is not in the build output", program.display()),
         });
     }
+    if realised.out != gen.pin.out {
+        return Err(BuildError::NoProgram {
+            group: group.clone(),
+            message: format!(
+                "nix-build made {}, but tg-nix computed {} (a bug in tg-nix's store math: please report it)",
+                realised.out, gen.pin.out
+            ),
+        });
+    }
+    let pin = gen.pin;
+    State::open(req.state_dir)?.put(&built_key(&gen.fingerprint), &pin)?;
     let how = if realised.built { "built" } else { "cached (nothing to build)" };
     (req.progress)(Progress::Step(&format!("{how}: {}", realised.out)));
-    Ok(Artifact { program, cached: Some(!realised.built) })
+    Ok(Artifact { program, cached: Some(!realised.built), pin: Some(pin) })
+}
+
+/// A "host not ready" error told as the group's (other errors already name it).
+fn for_group(e: BuildError, group: &str) -> BuildError {
+    match e {
+        BuildError::NotReady { message, fix } => {
+            BuildError::NotReady { message: format!("group `{group}` ({ID}): {message}"), fix }
+        }
+        other => other,
+    }
+}
+
+/// The state DB key of a unit's build record.
+fn built_key(fingerprint: &str) -> String {
+    format!("built/{fingerprint}")
+}
+
+/// The units among `reqs` (all nix:rust, one home) whose inputs are those of a recorded build
+/// whose output is still valid (and, with `locked`, whose record is that pin): found by hashing
+/// the plan and the rewrite targets, without staging, cargo or Nix evaluation, and one validity
+/// check for all of them. Anything unusual (no imports, no record, an unreadable file) gives
+/// `None`: the full build then does the work or says what is wrong.
+pub fn already_built(reqs: &[&BuildRequest<'_>]) -> Vec<Option<Artifact>> {
+    let Some(first) = reqs.first() else { return Vec::new() };
+    // No setup yet, or the sandbox is off: `build` says so (a cached output is never served on a
+    // host that could not build it hermetically again).
+    if !first.state_dir.exists() || super::check_sandbox().is_err() {
+        return vec![None; reqs.len()];
+    }
+    let Ok(state) = State::open(first.state_dir) else { return vec![None; reqs.len()] };
+    let Ok(imports) = Imports::from_state(&state, first.state_dir) else { return vec![None; reqs.len()] };
+    let pins: Vec<Option<Pin>> = reqs
+        .iter()
+        .map(|req| {
+            let fp = fingerprint(req, &imports).ok()?;
+            let pin: Pin = state.get(&built_key(&fp))?;
+            match req.locked {
+                Some(want) if *want != pin => None,
+                _ => Some(pin),
+            }
+        })
+        .collect();
+    drop(state);
+    let outs: Vec<&str> = pins.iter().flatten().map(|p| p.out.as_str()).collect();
+    if outs.is_empty() {
+        return vec![None; reqs.len()];
+    }
+    let Ok(invalid) = invalid_paths(&outs) else { return vec![None; reqs.len()] };
+    pins.into_iter()
+        .map(|pin| {
+            let pin = pin.filter(|p| !invalid.contains(&p.out))?;
+            let program = Path::new(&pin.out).join("bin").join(&pin.bin);
+            Some(Artifact { program, cached: Some(true), pin: Some(pin) })
+        })
+        .collect()
+}
+
+/// Everything a unit's build depends on, hashed: tg-nix's version, the template and library,
+/// the imports, the build config, the plan's source tree and each rewrite (with its target's
+/// tree). Cargo's version is not in it (the resolve cache does not key on it either).
+fn fingerprint(req: &BuildRequest<'_>, imports: &Imports) -> Result<String, BuildError> {
+    let cfg = crate::exec_rust::config(req, ID)?;
+    let rewrites = rewrites_of(req)?;
+    let mut material = format!(
+        "fingerprint-1\0{RESOLVE_VERSION}\0{}\0{}\0{}\0{}\0{:?}\0{:?}\0{}\0",
+        env!("CARGO_PKG_VERSION"),
+        sha256_hex(TEMPLATE.as_bytes()),
+        library_digest(&imports.render()),
+        cfg.package_dir.strip_prefix(req.plan_dir).unwrap_or(Path::new("")).display(),
+        cfg.bin,
+        cfg.features,
+        digest_tree(req.plan_dir, NOT_SOURCE)?,
+    );
+    for r in &rewrites {
+        material.push_str(&format!("{}\0{}\0", r.dep.module, r.dep.version));
+        if let Some(t) = &r.target {
+            material.push_str(&digest_tree(t, &[])?);
+        }
+        material.push('\0');
+    }
+    Ok(sha256_hex(material.as_bytes()))
+}
+
+/// A pin that `have` does not match, told as what changed.
+fn check_pin(group: &str, want: &Pin, have: &Pin) -> Result<(), BuildError> {
+    let mut diffs = Vec::new();
+    let mut differs = |what: &str, lock: &str, now: &str| {
+        if !now.is_empty() && lock != now {
+            diffs.push(format!("{what}: the lock has {lock}, the composition now gives {now}"));
+        }
+    };
+    let rewrites = |p: &Pin| {
+        p.rewrites
+            .iter()
+            .map(|r| format!("{} {} ({})", r.module, r.version, r.requested))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    differs("dependency rewrites", &rewrites(want), &rewrites(have));
+    differs("Cargo.lock (sha256)", &want.cargo_lock, &have.cargo_lock);
+    differs("source (the plan's files)", &want.src.nar_hash, &have.src.nar_hash);
+    differs("vendored dependencies", &want.deps.nar_hash, &have.deps.nar_hash);
+    differs("Rust toolchain", &want.toolchain.path, &have.toolchain.path);
+    differs("binary", &want.bin, &have.bin);
+    differs("derivation", &want.drv, &have.drv);
+    differs("output", &want.out, &have.out);
+    if diffs.is_empty() {
+        return Ok(());
+    }
+    Err(BuildError::Locked { group: group.to_string(), diffs })
+}
+
+/// The rewritten modules' packages in a Cargo.lock.
+fn pinned_rewrites(lock: &str, rewrites: &[Rewrite<'_>]) -> Vec<PinnedRewrite> {
+    let doc = lock.parse::<toml::Table>().unwrap_or_default();
+    let packages = doc.get("package").and_then(|p| p.as_array()).cloned().unwrap_or_default();
+    let mut out = Vec::new();
+    for r in rewrites {
+        for p in &packages {
+            if p.get("name").and_then(|n| n.as_str()) != Some(r.dep.module.as_str()) {
+                continue;
+            }
+            let field = |k: &str| p.get(k).and_then(|v| v.as_str()).map(String::from);
+            out.push(PinnedRewrite {
+                module: r.dep.module.clone(),
+                requested: match &r.target {
+                    Some(t) => format!("{} from {}", r.dep.version, t.display()),
+                    None => r.dep.version.clone(),
+                },
+                version: field("version").unwrap_or_default(),
+                source: field("source").unwrap_or_else(|| "path".to_string()),
+                checksum: field("checksum"),
+            });
+        }
+    }
+    out
 }
 
 /// One rewrite, with its target made absolute.
@@ -127,36 +326,14 @@ pub fn generate(req: &BuildRequest<'_>) -> Result<Generated, BuildError> {
     let group = req.unit.group_id.as_str();
     let step = |s: &str| (req.progress)(Progress::Step(s));
     let cfg = crate::exec_rust::config(req, ID)?;
-    let imports = Imports::load(req.state_dir)?;
+    let imports = Imports::load(req.state_dir).map_err(|e| for_group(e, group))?;
     let plan = store_name(
         &req.plan_dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "plan".to_string()),
     );
     let rel = cfg.package_dir.strip_prefix(req.plan_dir).unwrap_or(Path::new("")).to_path_buf();
     let package_dir = if rel.as_os_str().is_empty() { ".".to_string() } else { rel.to_string_lossy().into_owned() };
-    let rewrites = req
-        .unit
-        .dependencies
-        .iter()
-        .map(|dep| {
-            let target = dep.target.as_ref().map(|t| {
-                let p = Path::new(t);
-                if p.is_absolute() { p.to_path_buf() } else { req.plan_dir.join(p) }
-            });
-            if let Some(t) = &target {
-                if !t.join("Cargo.toml").is_file() {
-                    return Err(BuildError::Config {
-                        group: group.to_string(),
-                        key: format!("dependencies.{}.target", dep.module),
-                        message: format!(
-                            "{}: no Cargo.toml there; for {ID} a target is a local crate directory (absolute, or relative to the plan directory)",
-                            t.display()
-                        ),
-                    });
-                }
-            }
-            Ok(Rewrite { dep, target })
-        })
-        .collect::<Result<Vec<_>, _>>()?;
+    let rewrites = rewrites_of(req)?;
+    let fingerprint = fingerprint(req, &imports)?;
 
     // Stage. Cargo looks for a workspace root above the package: a home inside a cargo workspace
     // (a checkout's target/) would capture a plan that has no [workspace] of its own, so stage
@@ -286,8 +463,23 @@ pub fn generate(req: &BuildRequest<'_>) -> Result<Generated, BuildError> {
         }
     };
 
-    // Derive.
+    // Derive: the expression, and the .drv and output paths it evaluates to, computed here
+    // (tests/derive_paths.rs holds them against nix-instantiate).
     let lib_digest = write_library(&gen_dir, &imports.render())?;
+    let paths = derive::rust_plan(&derive::RustPlanInputs {
+        imports: &imports,
+        name: &plan,
+        src: (&format!("{plan}-src"), &src_hash),
+        deps: (&format!("{plan}-deps"), &vendored.nar_hash),
+        package_dir: &package_dir,
+        bin: &bin,
+        features: &cfg.features,
+        builder_script: derive::BUILDER_SCRIPT,
+    })
+    .map_err(|e| BuildError::NoProgram {
+        group: group.to_string(),
+        message: format!("cannot compute the derivation's store paths: {e}"),
+    })?;
     let data = serde_json::json!({
         "tg_nix_version": env!("CARGO_PKG_VERSION"),
         "plan": comment(&plan),
@@ -311,12 +503,52 @@ pub fn generate(req: &BuildRequest<'_>) -> Result<Generated, BuildError> {
     Ok(Generated {
         group: group.to_string(),
         file,
-        bin,
+        bin: bin.clone(),
         out_link: Path::new(GCROOTS).join(format!("{plan}-{}", &key[..16])),
+        pin: Pin {
+            bin,
+            rewrites: pinned_rewrites(&resolved.lock, &rewrites),
+            cargo_lock: sha256_hex(resolved.lock.as_bytes()),
+            src: Fixed { path: src.clone(), nar_hash: src_hash },
+            deps: Fixed { path: vendored.path.clone(), nar_hash: vendored.nar_hash },
+            toolchain: Fixed { path: imports.rust.path.clone(), nar_hash: imports.rust.nar_hash.clone() },
+            drv: paths.drv.to_string(),
+            out: paths.out.to_string(),
+        },
         src,
         deps: vendored.path,
         notes: resolved.notes,
+        fingerprint,
     })
+}
+
+/// The unit's dependency rewrites, each target made absolute and checked to be a crate.
+fn rewrites_of<'a>(req: &BuildRequest<'a>) -> Result<Vec<Rewrite<'a>>, BuildError> {
+    let group = req.unit.group_id.as_str();
+    req
+        .unit
+        .dependencies
+        .iter()
+        .map(|dep| {
+            let target = dep.target.as_ref().map(|t| {
+                let p = Path::new(t);
+                if p.is_absolute() { p.to_path_buf() } else { req.plan_dir.join(p) }
+            });
+            if let Some(t) = &target {
+                if !t.join("Cargo.toml").is_file() {
+                    return Err(BuildError::Config {
+                        group: group.to_string(),
+                        key: format!("dependencies.{}.target", dep.module),
+                        message: format!(
+                            "{}: no Cargo.toml there; for {ID} a target is a local crate directory (absolute, or relative to the plan directory)",
+                            t.display()
+                        ),
+                    });
+                }
+            }
+            Ok(Rewrite { dep, target })
+        })
+        .collect()
 }
 
 /// The files cargo discovers binaries from, as one string.

@@ -92,13 +92,6 @@ pub struct Imports {
 impl Imports {
     /// The records of `tg-nix setup` in this home, or which one is missing.
     pub fn load(state_dir: &Path) -> Result<Imports, BuildError> {
-        let missing = |what: &str| BuildError::NotReady {
-            message: format!(
-                "{what} has not been imported into the Nix store for this tg-nix home (no record in {})",
-                state_dir.display()
-            ),
-            fix: SETUP_FIX.to_string(),
-        };
         if !state_dir.exists() {
             return Err(BuildError::NotReady {
                 message: format!(
@@ -108,7 +101,18 @@ impl Imports {
                 fix: SETUP_FIX.to_string(),
             });
         }
-        let state = State::open(state_dir)?;
+        Imports::from_state(&State::open(state_dir)?, state_dir)
+    }
+
+    /// [`Imports::load`] from an open state DB (in `state_dir`).
+    pub(crate) fn from_state(state: &State, state_dir: &Path) -> Result<Imports, BuildError> {
+        let missing = |what: &str| BuildError::NotReady {
+            message: format!(
+                "{what} has not been imported into the Nix store for this tg-nix home (no record in {})",
+                state_dir.display()
+            ),
+            fix: SETUP_FIX.to_string(),
+        };
         Ok(Imports {
             busybox: state.get(KEY_BUSYBOX).ok_or_else(|| missing("busybox"))?,
             rust: state.get(KEY_RUST).ok_or_else(|| missing("the Rust toolchain"))?,
@@ -151,7 +155,12 @@ pub(crate) fn write_library(dir: &Path, imports_nix: &str) -> Result<String, Bui
     write_if_changed(&dir.join("tg-nix.nix"), LIBRARY)?;
     write_if_changed(&dir.join("builder-rust.sh"), BUILDER_RUST)?;
     write_if_changed(&dir.join("imports.nix"), imports_nix)?;
-    Ok(sha256_hex(format!("{LIBRARY}\0{BUILDER_RUST}\0{imports_nix}").as_bytes()))
+    Ok(library_digest(imports_nix))
+}
+
+/// What [`write_library`] writes, hashed: a generated expression depends on all of it.
+pub(crate) fn library_digest(imports_nix: &str) -> String {
+    sha256_hex(format!("{LIBRARY}\0{BUILDER_RUST}\0{imports_nix}").as_bytes())
 }
 
 pub struct SetupOptions<'a> {
