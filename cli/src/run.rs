@@ -235,20 +235,40 @@ pub async fn run(args: RunArgs, home: Home, cancel: CancellationToken) -> Result
         let printer = tokio::spawn(print_progress(rx));
         let outcome: RunOutcome = tg_nix_runner::local_exec::run(spec, tx, cancel.clone()).await?;
         let _ = printer.await;
-        let report = RunReport::new(&plan, run_id, &outcome, &outputs_dir, cancel.is_cancelled());
-        report::write_result_file(&report, &outputs_dir);
-        if !args.json {
-            print!("{}", report::render_terminal(&report));
-        }
-        reports.push(report);
+        reports.push(record_run(&plan, run_id, &outcome, &outputs_dir, &cancel, args.json));
     }
-    if args.json {
-        println!("{}", report::render_json(&reports));
+    Ok(finish(&reports, args.json, &cancel))
+}
+
+/// A finished run's report: written as result.json into its outputs, printed unless `json`.
+pub(crate) fn record_run(
+    plan: &RunPlan,
+    run_id: &str,
+    outcome: &RunOutcome,
+    outputs_dir: &Path,
+    cancel: &CancellationToken,
+    json: bool,
+) -> RunReport {
+    let report = RunReport::new(plan, run_id, outcome, outputs_dir, cancel.is_cancelled());
+    report::write_result_file(&report, outputs_dir);
+    if !json {
+        print!("{}", report::render_terminal(&report));
+    }
+    report
+}
+
+/// The exit code of a `run` (after printing every report as JSON when `json`).
+pub(crate) fn finish(reports: &[RunReport], json: bool, cancel: &CancellationToken) -> i32 {
+    if json {
+        println!("{}", report::render_json(reports));
     }
     if cancel.is_cancelled() {
-        return Ok(exit::INTERRUPTED);
+        exit::INTERRUPTED
+    } else if reports.iter().all(|r| r.passed()) {
+        exit::OK
+    } else {
+        exit::TESTS_FAILED
     }
-    Ok(if reports.iter().all(|r| r.passed()) { exit::OK } else { exit::TESTS_FAILED })
 }
 
 /// Plain progress lines on stderr: the run starting, and each instance that does not pass as soon

@@ -15,8 +15,7 @@ use tg_nix_runner::local_docker::{self, DockerGroup, DockerRunConfig, DockerRunS
 use crate::args::RunArgs;
 use crate::error::{exit, CliError};
 use crate::home::Home;
-use crate::report::{self, RunReport};
-use crate::run::{new_run_id, print_progress, RunPlan};
+use crate::run::{finish, new_run_id, print_progress, record_run, RunPlan};
 
 /// Runs every selected run of `plan` in containers; `programs` maps build groups to programs.
 pub async fn run(
@@ -98,20 +97,9 @@ pub async fn run(
         let printer = tokio::spawn(print_progress(rx));
         let outcome = local_docker::run(&docker, spec, tx, cancel.clone()).await?;
         let _ = printer.await;
-        let report = RunReport::new(plan, run_id, &outcome, &outputs_dir, cancel.is_cancelled());
-        report::write_result_file(&report, &outputs_dir);
-        if !args.json {
-            print!("{}", report::render_terminal(&report));
-        }
-        reports.push(report);
+        reports.push(record_run(plan, run_id, &outcome, &outputs_dir, &cancel, args.json));
     }
-    if args.json {
-        println!("{}", report::render_json(&reports));
-    }
-    if cancel.is_cancelled() {
-        return Ok(exit::INTERRUPTED);
-    }
-    Ok(if reports.iter().all(|r| r.passed()) { exit::OK } else { exit::TESTS_FAILED })
+    Ok(finish(&reports, args.json, &cancel))
 }
 
 /// `run_config` keys of local:docker; unknown keys are ignored (Testground files carry extras).
