@@ -111,6 +111,29 @@ fn ping_rust_ten_instances_pass() {
     assert_eq!(verdicts(&report), vec!["pass"; 10]);
 }
 
+/// 50 instances all pinging each other: 2450 data-network neighbour pairs, more than the host's
+/// shared ARP cache holds by default (gc_thresh3 = 1024). Failed with "No route to host" before
+/// the runner installed the data network's neighbour entries itself (docs/architecture.md).
+#[test]
+fn ping_rust_fifty_instances_pass() {
+    if !privileged("ping_rust_fifty_instances_pass") {
+        return;
+    }
+    let env = Env::new();
+    let started = Instant::now();
+    let (code, report, stderr) = env.run(&["run", "plans/ping-rust/compositions/ping-50.toml"]);
+    assert_eq!(code, 0, "stderr:\n{stderr}\nreport: {report:#}");
+    assert_eq!(verdicts(&report), vec!["pass"; 50]);
+    let run = &report["runs"][0];
+    assert_eq!(run["sync_outcomes"]["peers"]["success"], 50, "{run:#}");
+    for inst in run["instances"].as_array().unwrap() {
+        let dir = PathBuf::from(inst["outputs_dir"].as_str().unwrap());
+        let run_out = std::fs::read_to_string(dir.join("run.out")).expect("run.out");
+        assert!(run_out.contains("pinged 49 peer(s)") && run_out.contains("answered 49 incoming"), "{run_out}");
+    }
+    eprintln!("ping-50 (build included if not cached): {:?}", started.elapsed());
+}
+
 #[test]
 fn every_placebo_case_gets_exactly_its_verdict() {
     if !privileged("every_placebo_case_gets_exactly_its_verdict") {

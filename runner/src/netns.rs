@@ -9,7 +9,8 @@
 //! ```
 //!
 //! Instance `i` gets host number `i + 2` in both networks and MAC addresses derived from its IPs
-//! ([`mac_for`]), so the control network runs on static neighbour entries rather than ARP. The
+//! ([`mac_for`]), so the control network runs on static neighbour entries rather than ARP, and
+//! the data network on entries installed in advance ([`HubConfig::with_instances`]). The
 //! sync service listens on 192.18.0.1:5050 inside the hub ([`Hub::bind_tcp`]); instances resolve
 //! `testground-sync-service` to it through their own /etc/hosts ([`hosts_file_contents`],
 //! [`InstanceNet::configure_command`]). Interfaces other than `lo` get no IPv6 (see
@@ -42,6 +43,7 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::Path;
 use std::sync::Arc;
 
+use futures::{StreamExt, TryStreamExt};
 use tokio::sync::OnceCell;
 
 pub use cidr::{CidrError, Ipv4Cidr};
@@ -79,15 +81,31 @@ pub const MAX_INSTANCES: u32 = PORTS_PER_SEGMENT * SEGMENTS;
 const _: () = assert!(PORTS_PER_SEGMENT + SEGMENTS - 1 <= 1023);
 /// Instance `i` is host `i + 2`: host 1 is the hub (the gateway), as on Docker's networks.
 const HOST_OFFSET: u32 = 2;
+/// The largest run whose data-network neighbour entries are installed in advance. A run of N
+/// instances costs N × (N − 1) entries of about 0.5 KiB of kernel memory each (measured: 3000
+/// entries, 1.5 MiB), so 128 MiB at this limit; larger runs fall back to ARP (see `mac_for`).
+pub const MAX_PRESEEDED_INSTANCES: u32 = 512;
+/// Neighbour requests kept in flight on one netlink socket while seeding an instance.
+const NEIGHBOUR_REQUESTS_IN_FLIGHT: usize = 64;
 
 /// The MAC address of the interface holding `ip`: 02:42 followed by the address, as Docker does.
 ///
-/// Knowing every control-network MAC in advance lets the hub and the instances use static
-/// (permanent) neighbour entries instead of ARP. That matters at scale: the kernel caps the ARP
-/// cache of *all* namespaces together at `net.ipv4.neigh.default.gc_thresh3` (1024 by default,
-/// settable only on the host), permanent entries do not count, and with ARP each instance that
-/// talks to the sync service costs two entries. Measured with 1100 instances connecting at once:
-/// "neighbor table overflow" and 288 instances unable to connect. The data network still uses ARP.
+/// Knowing every MAC in advance lets the hub and the instances use neighbour entries installed by
+/// tg-nix instead of ARP. That matters at scale: the kernel keeps one ARP cache for *all*
+/// namespaces together and caps it at `net.ipv4.neigh.default.gc_thresh3` (1024 by default,
+/// host-wide), counting every entry ARP creates in any namespace. Entries that are permanent or
+/// marked externally learned (`NTF_EXT_LEARNED`) do not count.
+///
+/// - Control network: permanent entries both ways (instance → hub, hub → instance). With ARP,
+///   each instance talking to the sync service costs two entries; measured with 1100 instances
+///   connecting at once: "neighbor table overflow" and 288 instances unable to connect.
+/// - Data network: every instance talking to every other costs N × (N − 1) entries, 2450 for 50
+///   instances; measured with ping-rust at 50 instances: "neighbor table overflow" in dmesg and
+///   every instance failing with "No route to host" or dial timeouts (10 and 20 instances, 90 and
+///   380 entries, passed). So each instance gets an externally learned entry for every other
+///   instance of the run ([`HubConfig::with_instances`]), in state STALE so that ARP still
+///   corrects it if a peer's address moves (a NetworkConfig's `IPv4` keeps the link's MAC).
+///   Beyond [`MAX_PRESEEDED_INSTANCES`] the data network uses plain ARP and that cap applies.
 pub fn mac_for(ip: Ipv4Addr) -> [u8; 6] {
     let [a, b, c, d] = ip.octets();
     [0x02, 0x42, a, b, c, d]
@@ -115,11 +133,24 @@ pub fn hosts_file_contents(hostname: &str, control_ip: Ipv4Addr) -> String {
 pub struct HubConfig {
     /// The data network (TEST_SUBNET); it must not overlap [`CONTROL_SUBNET`].
     pub data_subnet: Ipv4Cidr,
+    /// How many instances the run has (indexes `0..instances`); see [`HubConfig::with_instances`].
+    pub instances: u32,
 }
 
 impl HubConfig {
+    /// A hub for `data_subnet` whose data network relies on ARP alone (fine for a few instances;
+    /// a run should say its size with [`HubConfig::with_instances`]).
     pub fn new(data_subnet: Ipv4Cidr) -> HubConfig {
-        HubConfig { data_subnet }
+        HubConfig { data_subnet, instances: 0 }
+    }
+
+    /// Says how many instances the run has (indexes `0..instances`): each instance then gets a
+    /// data-network neighbour entry for every other one when it is added, so that all-to-all
+    /// traffic does not depend on the host-wide ARP cache (see [`mac_for`]). Ignored beyond
+    /// [`MAX_PRESEEDED_INSTANCES`]. Instances added with an index outside the range still work,
+    /// through ARP.
+    pub fn with_instances(self, instances: u32) -> HubConfig {
+        HubConfig { instances, ..self }
     }
 }
 
@@ -146,6 +177,8 @@ pub struct Hub {
     netns: OwnedFd,
     netlink: Netlink,
     data_subnet: Ipv4Cidr,
+    /// Instances `0..preseeded` get each other's data-network neighbour entries.
+    preseeded: u32,
     /// Segment 0: `tg-ctl` (which holds the gateway address) and `tg-data`.
     first: Segment,
     /// Segments 1.., each created by the first instance that needs it.
@@ -157,6 +190,7 @@ impl fmt::Debug for Hub {
         f.debug_struct("Hub")
             .field("netns", &self.netns)
             .field("data_subnet", &self.data_subnet)
+            .field("preseeded", &self.preseeded)
             .field("segments", &(1 + self.extra.iter().filter(|s| s.initialized()).count()))
             .finish()
     }
@@ -184,7 +218,20 @@ impl Hub {
             .await
             .map_err(|e| fail(Step::AddBridge { name: DATA_BRIDGE.into() }, e))?;
         let extra = (1..SEGMENTS).map(|_| OnceCell::new()).collect();
-        Ok(Hub { netns, netlink, data_subnet: config.data_subnet, first: Segment { control, data }, extra })
+        let preseeded = if config.instances <= MAX_PRESEEDED_INSTANCES {
+            config.instances
+        } else {
+            tracing::warn!(
+                instances = config.instances,
+                limit = MAX_PRESEEDED_INSTANCES,
+                "the data network relies on ARP for this many instances: the host's ARP cache \
+                 (net.ipv4.neigh.default.gc_thresh3, shared by every namespace) must hold every pair \
+                 of instances that talk, or they fail with \"No route to host\"; raise it on the host \
+                 if they do"
+            );
+            0
+        };
+        Ok(Hub { netns, netlink, data_subnet: config.data_subnet, preseeded, first: Segment { control, data }, extra })
     }
 
     /// The hub's address on the control network (where the sync service belongs).
@@ -215,7 +262,8 @@ impl Hub {
     }
 
     /// Creates instance `index`'s namespace and wires it to both networks: `eth0` with its control
-    /// address, `eth1` with its data address, `lo` up, no default route.
+    /// address, `eth1` with its data address, `lo` up, no default route, and on `eth1` a neighbour
+    /// entry for each of the run's other instances (see [`HubConfig::with_instances`]).
     ///
     /// Indexes are global across the run's groups and must be unique among live instances. Calls
     /// may run concurrently. If it fails, nothing is left behind: the half-made namespace vanishes
@@ -254,7 +302,7 @@ impl Hub {
                 .map_err(|e| fail(Step::AddVeth { name: name.clone(), peer: peer.to_string() }, e))?;
         }
         rtnl::set_up(inside, rtnl::LOOPBACK_INDEX).await.map_err(|e| fail(Step::SetUp { link: "lo".into() }, e))?;
-        let mut eth0 = 0;
+        let (mut eth0, mut eth1) = (0, 0);
         for (_, _, peer, ip, prefix) in links {
             let link =
                 rtnl::link_index(inside, peer).await.map_err(|e| fail(Step::FindLink { name: peer.into() }, e))?;
@@ -264,6 +312,8 @@ impl Hub {
             rtnl::set_up(inside, link).await.map_err(|e| fail(Step::SetUp { link: peer.into() }, e))?;
             if peer == CONTROL_IFNAME {
                 eth0 = link;
+            } else {
+                eth1 = link;
             }
         }
         // Static neighbour entries on the control network, both ways (see `mac_for`).
@@ -274,7 +324,24 @@ impl Hub {
         rtnl::add_neighbour(&self.netlink.handle, self.first.control, control_ip, mac_for(control_ip)).await.map_err(
             |e| fail(Step::AddNeighbour { link: CONTROL_BRIDGE.into(), address: control_ip.to_string() }, e),
         )?;
-        Ok(())
+        self.seed_data_neighbours(inside, eth1, data_ip)
+            .await
+            .map_err(|(ip, e)| fail(Step::AddNeighbour { link: DATA_IFNAME.into(), address: ip.to_string() }, e))
+    }
+
+    /// Gives the instance owning `own` on `eth1` an externally learned neighbour entry for every
+    /// other instance of the run (see `mac_for`), several requests at a time.
+    async fn seed_data_neighbours(
+        &self,
+        inside: &rtnetlink::Handle,
+        eth1: u32,
+        own: Ipv4Addr,
+    ) -> Result<(), (Ipv4Addr, io::Error)> {
+        let peers = (0..self.preseeded)
+            .filter_map(|i| self.data_subnet.host(i + HOST_OFFSET))
+            .filter(move |ip| *ip != own)
+            .map(|ip| (ip, mac_for(ip)));
+        add_learned_neighbours(inside, eth1, peers).await
     }
 
     /// The bridges instance `index` plugs into, creating its segment if it is the first there.
@@ -318,6 +385,49 @@ impl Hub {
         netlink.close().await;
         drop(netns);
     }
+}
+
+/// Installs on interface `link` of namespace `netns` an externally learned neighbour entry (state
+/// STALE, see [`mac_for`]) for each `(address, MAC)` of `peers`, replacing any entry there.
+///
+/// For namespaces tg-nix did not wire itself, such as a Docker container's (open
+/// `/proc/<pid>/ns/net`): their data network shares the host-wide ARP cache cap too. The MACs
+/// must be right (Docker 20.10 derives them from the address like [`mac_for`] unless told
+/// otherwise); a wrong one costs some seconds of ARP probing before the kernel corrects it.
+pub async fn seed_neighbours(
+    netns: BorrowedFd<'_>,
+    link: &str,
+    peers: impl IntoIterator<Item = (Ipv4Addr, [u8; 6])>,
+) -> Result<(), NetError> {
+    let netlink = thread::open_netlink(netns, None).await?;
+    let seeded = async {
+        let handle = &netlink.handle;
+        let index = rtnl::link_index(handle, link)
+            .await
+            .map_err(|e| NetError::at(Step::FindLink { name: link.into() }, None, e))?;
+        add_learned_neighbours(handle, index, peers)
+            .await
+            .map_err(|(ip, e)| NetError::at(Step::AddNeighbour { link: link.into(), address: ip.to_string() }, None, e))
+    }
+    .await;
+    netlink.close().await;
+    seeded
+}
+
+/// [`rtnl::add_learned_neighbour`] for each of `peers`, several requests at a time; the first
+/// failure names its address.
+async fn add_learned_neighbours(
+    handle: &rtnetlink::Handle,
+    index: u32,
+    peers: impl IntoIterator<Item = (Ipv4Addr, [u8; 6])>,
+) -> Result<(), (Ipv4Addr, io::Error)> {
+    let requests = peers
+        .into_iter()
+        .map(|(ip, mac)| async move { rtnl::add_learned_neighbour(handle, index, ip, mac).await.map_err(|e| (ip, e)) });
+    futures::stream::iter(requests)
+        .buffer_unordered(NEIGHBOUR_REQUESTS_IN_FLIGHT)
+        .try_for_each(|()| futures::future::ready(Ok(())))
+        .await
 }
 
 /// One instance's network namespace, wired to the hub. Dropping it releases the namespace; the

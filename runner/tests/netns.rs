@@ -13,13 +13,17 @@ use std::path::Path;
 use std::process::{Output, Stdio};
 use std::time::{Duration, Instant};
 
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::process::Command;
 use tokio::sync::{Mutex, MutexGuard};
 use tokio::time::timeout;
 
 use tg_nix_runner::capability::{self, Feature, Support};
-use tg_nix_runner::netns::{hosts_file_contents, is_root, Hub, HubConfig, InstanceNet, Ipv4Cidr};
+use tg_nix_runner::netns::{
+    hosts_file_contents, is_root, mac_for, seed_neighbours, Hub, HubConfig, InstanceNet, Ipv4Cidr, Step,
+    MAX_PRESEEDED_INSTANCES,
+};
+use tg_nix_runner::shaping::{self, Links, NetnsRef, NetworkConfig};
 
 static SERIAL: Mutex<()> = Mutex::const_new(());
 const PYTHON: &str = "/usr/bin/python3";
@@ -382,7 +386,8 @@ fn an_instance_dies_with_the_thread_that_spawned_it() {
 async fn fifty_instances_timing() {
     let Some(_serial) = privileged("fifty_instances_timing").await else { return };
     let started = Instant::now();
-    let hub = Hub::create(HubConfig::default()).await.unwrap();
+    // Sized for all 100, so every instance also gets 99 data-network neighbour entries.
+    let hub = Hub::create(HubConfig::default().with_instances(100)).await.unwrap();
     let hub_time = started.elapsed();
     let started = Instant::now();
     let mut nets = Vec::new();
@@ -419,5 +424,186 @@ async fn the_capability_probe_knows_this_kernel() {
     let netem = caps.qdisc("netem").expect("netem probed");
     assert!(!matches!(netem, Support::Error { .. }), "{netem:?}");
     assert_eq!(caps.get(Feature::Classifier("u32")), Some(&Support::Supported));
+    assert_host_untouched();
+}
+
+/// The host-wide cap on the ARP cache that every namespace shares.
+fn gc_thresh3() -> usize {
+    let raw = std::fs::read_to_string("/proc/sys/net/ipv4/neigh/default/gc_thresh3").expect("gc_thresh3");
+    raw.trim().parse().expect("gc_thresh3 is a number")
+}
+
+/// `n` instances, each sending a UDP datagram to every other one on the data network, is
+/// n × (n − 1) neighbour entries: with ARP alone, beyond `gc_thresh3` the kernel reports
+/// "neighbor table overflow" and drops the datagrams (ping-rust at 50 instances failed that way).
+/// With the hub sized to the run, every datagram arrives and every instance holds an externally
+/// learned entry, with the right MAC, for every other one.
+#[tokio::test]
+async fn all_to_all_data_traffic_beyond_the_hosts_arp_cap() {
+    let Some(_serial) = privileged("all_to_all_data_traffic_beyond_the_hosts_arp_cap").await else { return };
+    if !Path::new(PYTHON).exists() {
+        eprintln!("SKIPPED: {PYTHON} not found");
+        return;
+    }
+    let cap = gc_thresh3();
+    // The smallest run that overflows the host's cap (at least 50), if the hub seeds that many.
+    let n = (50..=MAX_PRESEEDED_INSTANCES).find(|n| (n * (n - 1)) as usize > cap).unwrap_or(50);
+    if (n * (n - 1)) as usize <= cap {
+        eprintln!("note: gc_thresh3 = {cap} holds all {n} × {} entries; this run does not overflow it", n - 1);
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let sub = subnet("10.79.0.0/16");
+    let hub = Hub::create(HubConfig::new(sub).with_instances(n)).await.unwrap();
+    let mut nets = Vec::new();
+    for i in 0..n {
+        nets.push(hub.add_instance(i).await.unwrap());
+    }
+    let peers: Vec<String> = nets.iter().map(|net| format!("'{}'", net.data_ip)).collect();
+    let peers = peers.join(",");
+
+    // Each instance: bind, say "ready", wait for "go", send to every peer, then count the distinct
+    // senders heard (until all n - 1 or 20 s of silence).
+    let mut children = Vec::new();
+    for net in &nets {
+        let script = format!(
+            "import socket,sys\n\
+             me='{me}'; peers=[{peers}]\n\
+             s=socket.socket(socket.AF_INET,socket.SOCK_DGRAM); s.bind((me,9999)); s.settimeout(20)\n\
+             print('ready',flush=True); sys.stdin.readline()\n\
+             errors=0\n\
+             for p in peers:\n\
+             \x20   if p==me: continue\n\
+             \x20   try: s.sendto(me.encode(),(p,9999))\n\
+             \x20   except OSError: errors+=1\n\
+             heard=set()\n\
+             try:\n\
+             \x20   while len(heard)<len(peers)-1: heard.add(s.recv(64))\n\
+             except socket.timeout: pass\n\
+             print(len(heard),errors,flush=True)\n",
+            me = net.data_ip,
+        );
+        let mut cmd = command_in(net, &format!("udp-{}", net.index), dir.path(), PYTHON, &["-c", &script]);
+        cmd.stdin(Stdio::piped()).stdout(Stdio::piped());
+        let mut child = cmd.spawn().unwrap();
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let ready = timeout(LIMIT, lines.next_line()).await.expect("ready in time").unwrap();
+        assert_eq!(ready.as_deref(), Some("ready"));
+        children.push((child, lines));
+    }
+    for (child, _) in &mut children {
+        child.stdin.as_mut().unwrap().write_all(b"go\n").await.unwrap();
+    }
+    for ((child, lines), net) in children.iter_mut().zip(&nets) {
+        let result = timeout(LIMIT, lines.next_line()).await.expect("result in time").unwrap().unwrap();
+        assert_eq!(result, format!("{} 0", n - 1), "instance {} (heard, send errors)", net.index);
+        assert!(timeout(LIMIT, child.wait()).await.unwrap().unwrap().success());
+    }
+
+    // The entries behind it: one per other instance, externally learned, MAC from the address.
+    let out = sh_in(&nets[0], "udp-0", dir.path(), "ip neigh show dev eth1").await;
+    let table = String::from_utf8(out.stdout).unwrap();
+    let entries: BTreeMap<String, String> = table
+        .lines()
+        .filter_map(|l| {
+            let words: Vec<&str> = l.split_whitespace().collect();
+            assert!(words.contains(&"extern_learn"), "not externally learned: {l}");
+            Some((words.first()?.to_string(), words.get(2)?.to_string()))
+        })
+        .collect();
+    let expected: BTreeMap<String, String> = nets[1..]
+        .iter()
+        .map(|net| {
+            let mac = mac_for(net.data_ip).map(|b| format!("{b:02x}")).join(":");
+            (net.data_ip.to_string(), mac)
+        })
+        .collect();
+    assert_eq!(entries, expected, "{table}");
+    drop(children);
+    drop(nets);
+    hub.destroy().await;
+    assert_host_untouched();
+}
+
+/// A NetworkConfig's `IPv4` moves an instance to another address but keeps its link's MAC, so a
+/// peer's seeded entry for that address points at the wrong MAC. The entries are only STALE
+/// hints: ARP probes them, finds the instance and traffic flows (after some seconds of probing).
+#[tokio::test]
+async fn a_peer_that_moved_address_is_found_by_arp() {
+    let Some(_serial) = privileged("a_peer_that_moved_address_is_found_by_arp").await else { return };
+    if !Path::new(PYTHON).exists() {
+        eprintln!("SKIPPED: {PYTHON} not found");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let sub = subnet("10.78.0.0/16");
+    let hub = Hub::create(HubConfig::new(sub).with_instances(3)).await.unwrap();
+    let a = hub.add_instance(0).await.unwrap();
+    let b = hub.add_instance(1).await.unwrap();
+    // b takes the address seeded for instance 2 (10.78.0.4, believed to be at 02:42:0a:4e:00:04).
+    let moved = Ipv4Addr::new(10, 78, 0, 4);
+    let links = Links { data: "eth1".into(), control: "eth0".into(), data_subnet: sub, keep: vec![] };
+    let json = serde_json::json!({"network": "default", "enable": true, "IPv4": format!("{moved}/16")});
+    let cfg = NetworkConfig::from_json(&json).unwrap();
+    let caps = capability::probe().await;
+    shaping::apply(NetnsRef::Fd(b.netns_fd()), &links, &cfg, &caps, "b").await.unwrap();
+
+    let server = format!(
+        "import socket\n\
+         s=socket.socket(); s.bind(('{moved}',7000)); s.listen(1); print('ready',flush=True)\n\
+         c,a=s.accept(); c.sendall(a[0].encode()); c.close()\n"
+    );
+    let mut server = command_in(&b, "b", dir.path(), PYTHON, &["-c", &server]);
+    server.stdout(Stdio::piped());
+    let mut server = server.spawn().unwrap();
+    let mut lines = BufReader::new(server.stdout.take().unwrap()).lines();
+    assert_eq!(timeout(LIMIT, lines.next_line()).await.unwrap().unwrap().as_deref(), Some("ready"));
+    let client = format!(
+        "import socket,time\n\
+         t=time.monotonic(); s=socket.create_connection(('{moved}',7000),timeout=40)\n\
+         print(s.recv(64).decode(), round(time.monotonic()-t,1))\n"
+    );
+    let started = Instant::now();
+    let mut cmd = command_in(&a, "a", dir.path(), PYTHON, &["-c", &client]);
+    let out = timeout(Duration::from_secs(60), cmd.output()).await.expect("client timed out").unwrap();
+    assert!(out.status.success(), "client: {}", String::from_utf8_lossy(&out.stderr));
+    let said = String::from_utf8(out.stdout).unwrap();
+    assert!(said.starts_with(&a.data_ip.to_string()), "{said}");
+    eprintln!("connected to the moved peer after {:?} (client: {})", started.elapsed(), said.trim());
+    let neigh = sh_in(&a, "a", dir.path(), &format!("ip neigh show {moved} dev eth1")).await;
+    let neigh = String::from_utf8(neigh.stdout).unwrap();
+    let real_mac = mac_for(b.data_ip).map(|x| format!("{x:02x}")).join(":");
+    assert!(neigh.contains(&real_mac), "the entry was not corrected to b's MAC {real_mac}: {neigh}");
+    assert!(timeout(LIMIT, server.wait()).await.unwrap().unwrap().success());
+    drop((a, b));
+    hub.destroy().await;
+    assert_host_untouched();
+}
+
+/// `seed_neighbours` on a namespace the hub did not seed (as local:docker would use it): the
+/// entry appears, externally learned and STALE, and traffic uses it; a missing link is named.
+#[tokio::test]
+async fn seed_neighbours_works_on_any_namespace() {
+    let Some(_serial) = privileged("seed_neighbours_works_on_any_namespace").await else { return };
+    if !Path::new(PYTHON).exists() {
+        eprintln!("SKIPPED: {PYTHON} not found");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let hub = Hub::create(HubConfig::new(subnet("10.76.0.0/16"))).await.unwrap();
+    let a = hub.add_instance(0).await.unwrap();
+    let b = hub.add_instance(1).await.unwrap();
+    let before = sh_in(&a, "a", dir.path(), "ip neigh show dev eth1").await;
+    assert!(before.stdout.is_empty(), "{}", String::from_utf8_lossy(&before.stdout));
+
+    seed_neighbours(a.netns_fd(), "eth1", [(b.data_ip, mac_for(b.data_ip))]).await.unwrap();
+    let after = sh_in(&a, "a", dir.path(), "ip neigh show dev eth1").await;
+    let after = String::from_utf8(after.stdout).unwrap();
+    assert_eq!(after.trim(), "10.76.0.3 lladdr 02:42:0a:4c:00:03 extern_learn STALE");
+    assert_eq!(data_round_trip(&b, &a, dir.path()).await, "10.76.0.2");
+
+    let err = seed_neighbours(a.netns_fd(), "eth9", [(b.data_ip, mac_for(b.data_ip))]).await.unwrap_err();
+    assert!(matches!(err.step(), Some(Step::FindLink { name }) if name == "eth9"), "{err}");
+    drop((a, b));
+    hub.destroy().await;
     assert_host_untouched();
 }

@@ -8,6 +8,7 @@ use std::os::fd::{AsRawFd, BorrowedFd};
 use futures::TryStreamExt;
 use rtnetlink::packet_core::{NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_REQUEST};
 use rtnetlink::packet_route::link::{InfoData, InfoKind, InfoVeth};
+use rtnetlink::packet_route::neighbour::{NeighbourFlags, NeighbourState};
 use rtnetlink::packet_route::RouteNetlinkMessage;
 use rtnetlink::{Handle, LinkBridge, LinkMessageBuilder, LinkUnspec, LinkVeth};
 
@@ -85,6 +86,24 @@ pub(crate) async fn add_address(handle: &Handle, index: u32, addr: Ipv4Addr, pre
 /// Adds (or replaces) a permanent neighbour entry: `addr` is at `mac` on interface `index`.
 pub(crate) async fn add_neighbour(handle: &Handle, index: u32, addr: Ipv4Addr, mac: [u8; 6]) -> io::Result<()> {
     let request = handle.neighbours().add(index, IpAddr::V4(addr)).link_layer_address(&mac).replace();
+    request.execute().await.map_err(netlink_io)
+}
+
+/// Adds (or replaces) a neighbour entry marked as learned from outside the kernel
+/// (`NTF_EXT_LEARNED`), in state STALE: `addr` is believed to be at `mac` on interface `index`.
+///
+/// Unlike a permanent entry, it keeps ARP's self-correction: on first use it goes through
+/// DELAY, and unless the traffic confirms the peer (as TCP does), unicast probes check it; if they
+/// fail, ARP resolves the address afresh and updates the entry. Like a permanent entry, it is
+/// never garbage-collected and does not count toward the host-wide `gc_thresh3` cap.
+pub(crate) async fn add_learned_neighbour(handle: &Handle, index: u32, addr: Ipv4Addr, mac: [u8; 6]) -> io::Result<()> {
+    let request = handle
+        .neighbours()
+        .add(index, IpAddr::V4(addr))
+        .link_layer_address(&mac)
+        .state(NeighbourState::Stale)
+        .flags(NeighbourFlags::ExtLearned)
+        .replace();
     request.execute().await.map_err(netlink_io)
 }
 
