@@ -18,6 +18,7 @@
 //!     work_dir: Path::new("/tmp/tg-nix/data/work"),
 //!     state_dir: Path::new("/tmp/tg-nix/data/state"),
 //!     progress: &|p| eprintln!("{p:?}"),
+//!     locked: None,
 //! })?;
 //! println!("{}", artifact.program.display());
 //! # Ok::<(), tg_nix_builders::BuildError>(())
