@@ -8,25 +8,12 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("workspace root").to_path_buf()
-}
+mod common;
+use common::{is_root, repo, verdicts};
 
 /// True when the test can run. Outside CI a missing privilege is said loudly; in CI it fails.
 fn privileged(test: &str) -> bool {
-    if is_root() {
-        return true;
-    }
-    if std::env::var("CI").as_deref() == Ok("true") {
-        panic!("{test} needs root (network namespaces) and CI=true: run the suite as root");
-    }
-    eprintln!("\n!!!!! SKIPPED {test}: needs root for network namespaces; run the suite as root !!!!!\n");
-    false
-}
-
-fn is_root() -> bool {
-    // SAFETY: getuid has no preconditions.
-    unsafe { libc::getuid() == 0 }
+    common::ready(test, (!is_root()).then_some("root for network namespaces"))
 }
 
 struct Env {
@@ -61,16 +48,6 @@ impl Env {
         let out: Output = self.command().args(args).output().expect("tg-nix runs");
         (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stderr).into_owned())
     }
-}
-
-fn verdicts(report: &Value) -> Vec<String> {
-    report["runs"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .flat_map(|r| r["instances"].as_array().cloned().unwrap_or_default())
-        .map(|i| i["verdict"]["verdict"].as_str().unwrap_or("?").to_string())
-        .collect()
 }
 
 #[test]

@@ -19,31 +19,18 @@ use std::time::Instant;
 
 use serde_json::Value;
 
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("workspace root").to_path_buf()
-}
-
-fn is_root() -> bool {
-    // SAFETY: getuid has no preconditions.
-    unsafe { libc::getuid() == 0 }
-}
-
-fn has_nix() -> bool {
-    Command::new("nix-build").arg("--version").output().map(|o| o.status.success()).unwrap_or(false)
-}
+mod common;
+use common::{is_root, repo, text, verdicts};
 
 /// True when the test can run. Outside CI a missing requirement is said loudly; in CI it fails.
 fn ready(test: &str) -> bool {
-    let missing = match (is_root(), has_nix()) {
-        (true, true) => return true,
-        (false, _) => "root (single-user Nix store, network namespaces)",
-        (true, false) => "Nix (nix-build; scripts/setup.sh installs nix-bin)",
-    };
-    if std::env::var("CI").as_deref() == Ok("true") {
-        panic!("{test} needs {missing} and CI=true: run the suite as root after scripts/setup.sh");
-    }
-    eprintln!("\n!!!!! SKIPPED {test}: needs {missing} !!!!!\n");
-    false
+    common::ready(
+        test,
+        common::first_missing(&[
+            (is_root(), "root (single-user Nix store, network namespaces)"),
+            (common::works("nix-build", &["--version"]), "Nix (nix-build; scripts/setup.sh installs nix-bin)"),
+        ]),
+    )
 }
 
 fn home() -> PathBuf {
@@ -60,10 +47,6 @@ fn tg_nix(args: &[&str]) -> Output {
         .args(args)
         .output()
         .expect("tg-nix runs")
-}
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
 }
 
 /// `nix-build --check` rebuilds ping-rust under Nix's lock on its output path, which makes any
@@ -91,16 +74,6 @@ fn run(args: &[&str]) -> (i32, Value, String) {
     all.push("--json");
     let out = tg_nix(&all);
     (out.status.code().unwrap_or(-1), serde_json::from_slice(&out.stdout).unwrap_or(Value::Null), text(&out.stderr))
-}
-
-fn verdicts(report: &Value) -> Vec<String> {
-    report["runs"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .flat_map(|r| r["instances"].as_array().cloned().unwrap_or_default())
-        .map(|i| i["verdict"]["verdict"].as_str().unwrap_or("?").to_string())
-        .collect()
 }
 
 /// The `build  <group> done …` line of each group.
