@@ -9,7 +9,8 @@
 //! ACK path. It must not know about runners, instances or events: keys and payloads are opaque
 //! here (the [`keys`] module only spells the key names the SDKs build).
 //!
-//! The parts: [`Service`] (the store, a cheap-clone handle; `state.rs`), [`serve`] with
+//! The parts: [`Service`] (the store, a cheap-clone handle; `state.rs`; in-process callers follow
+//! a topic with a [`Subscription`] and learn of new topics with a [`TopicWatch`]), [`serve`] with
 //! [`ServerConfig`] (the websocket server; `server.rs`, `connection.rs`), [`protocol`] (wire
 //! types), [`keys`], and [`raise_fd_limit`].
 //!
@@ -44,4 +45,4 @@ mod state;
 
 pub use net::raise_fd_limit;
 pub use server::{serve, ServerConfig};
-pub use state::{Service, Subscription};
+pub use state::{Service, Subscription, TopicWatch};

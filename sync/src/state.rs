@@ -9,7 +9,7 @@
 //! an await would not be `Send` and could not be spawned. Because pushes never wait, a slow or
 //! vanished subscriber cannot stall a publisher.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -108,6 +108,9 @@ struct Shared {
     /// Counters and waiters. One lock: every operation on it is a few instructions, and a barrier
     /// release only moves waiters out (the replies are pushed after unlocking).
     states: Mutex<HashMap<String, State>>,
+    /// Who is told about topics as they get their first message ([`Service::watch_topics`]).
+    /// Lock order: a topic's lock, then this one (`publish` announces under the topic lock).
+    topic_watchers: Mutex<Vec<TopicWatcher>>,
     /// Set by [`Service::close`]: in-process subscriptions end once they have delivered the log.
     closed: AtomicBool,
     next_conn: AtomicU64,
@@ -145,6 +148,7 @@ impl Service {
             shared: Arc::new(Shared {
                 topics: Mutex::new(HashMap::new()),
                 states: Mutex::new(HashMap::new()),
+                topic_watchers: Mutex::new(Vec::new()),
                 closed: AtomicBool::new(false),
                 next_conn: AtomicU64::new(1),
             }),
@@ -155,14 +159,49 @@ impl Service {
     /// the message's 1-based sequence number.
     pub fn publish(&self, topic: &str, payload: Value) -> u64 {
         let entry = Arc::new(Entry::new(payload));
-        let topic = self.topic(topic);
+        let name = topic;
+        let topic = self.topic(name);
         let mut topic = lock(&topic);
         topic.log.push(entry.clone());
         let seq = topic.log.len() as u64;
         // Delivering under the topic lock is what keeps every subscriber's stream in publish order,
         // replay included (see `subscribe_with`). The pushes never block.
         topic.subscribers.retain(|s| s.deliver(&entry));
+        if seq == 1 {
+            // Under the topic lock too: a watcher that scans the topics after registering either
+            // finds this message in the log or is told here (or both; `TopicWatch` drops repeats).
+            lock(&self.shared.topic_watchers)
+                .retain(|w| !name.starts_with(&*w.prefix) || w.tx.send(name.into()).is_ok());
+        }
         seq
+    }
+
+    /// Watches the names of topics under `prefix` (a plain string prefix of the full key, e.g.
+    /// `Namespace::topic("network:")`) as they get their first message: first every such topic
+    /// that already has one, then each new one as it is published to, each name once. Topics
+    /// that were only subscribed to (which creates them empty) are not reported until someone
+    /// publishes. The watch ends after [`Service::close`], once it has delivered what it had.
+    pub fn watch_topics(&self, prefix: &str) -> TopicWatch {
+        let (tx, rx) = mpsc::unbounded_channel();
+        {
+            // Registered before the scan below, so that no first message falls between the two.
+            // A closed service keeps no watchers (see `close`): the scan alone is delivered.
+            let mut watchers = lock(&self.shared.topic_watchers);
+            if !self.is_closed() {
+                watchers.push(TopicWatcher { prefix: prefix.into(), tx: tx.clone() });
+            }
+        }
+        let existing: Vec<(String, Arc<Mutex<Topic>>)> = lock(&self.shared.topics)
+            .iter()
+            .filter(|(name, _)| name.starts_with(prefix))
+            .map(|(name, topic)| (name.clone(), topic.clone()))
+            .collect();
+        for (name, topic) in existing {
+            if !lock(&topic).log.is_empty() {
+                let _ = tx.send(name.into());
+            }
+        }
+        TopicWatch { rx, seen: HashSet::new() }
     }
 
     /// Follows `topic`: every message already published, from the first, then each new one, in
@@ -224,12 +263,13 @@ impl Service {
         topic.map_or(0, |t| lock(&t).log.len() as u64)
     }
 
-    /// Ends every in-process [`Subscription`] once it has delivered what was published so far;
+    /// Ends every in-process [`Subscription`] and [`TopicWatch`] once it has delivered what was published so far;
     /// later ones replay the log and end. Publishing, signals and barriers still work, and
     /// websocket subscribers are unaffected. `serve` calls this when it returns, so that a caller
     /// following a topic in-process sees the end of the run.
     pub fn close(&self) {
         self.shared.closed.store(true, Ordering::SeqCst);
+        lock(&self.shared.topic_watchers).clear();
         let topics: Vec<_> = lock(&self.shared.topics).values().cloned().collect();
         for topic in topics {
             lock(&topic).subscribers.retain(|s| matches!(s, Subscriber::Remote { .. }));
@@ -353,6 +393,56 @@ impl futures::Stream for Subscription {
     }
 }
 
+/// A registration of [`Service::watch_topics`].
+struct TopicWatcher {
+    prefix: Box<str>,
+    tx: mpsc::UnboundedSender<Arc<str>>,
+}
+
+/// The names of topics as they get their first message, from [`Service::watch_topics`]. Also a
+/// [`futures::Stream`].
+#[derive(Debug)]
+pub struct TopicWatch {
+    rx: mpsc::UnboundedReceiver<Arc<str>>,
+    /// A topic can be both found by the initial scan and announced by its first publish.
+    seen: HashSet<Arc<str>>,
+}
+
+impl TopicWatch {
+    /// The next topic name (the full key); `None` once the service is closed and every topic
+    /// published to before has been delivered.
+    pub async fn next(&mut self) -> Option<Arc<str>> {
+        std::future::poll_fn(|cx| self.poll_name(cx)).await
+    }
+
+    /// The next topic name if one is already known.
+    pub fn try_next(&mut self) -> Option<Arc<str>> {
+        while let Ok(name) = self.rx.try_recv() {
+            if self.seen.insert(name.clone()) {
+                return Some(name);
+            }
+        }
+        None
+    }
+
+    fn poll_name(&mut self, cx: &mut Context<'_>) -> Poll<Option<Arc<str>>> {
+        loop {
+            match self.rx.poll_recv(cx) {
+                Poll::Ready(Some(name)) if !self.seen.insert(name.clone()) => continue,
+                other => return other,
+            }
+        }
+    }
+}
+
+impl futures::Stream for TopicWatch {
+    type Item = Arc<str>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        self.poll_name(cx)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -435,6 +525,70 @@ mod tests {
         }
         let topic = service.topic("t");
         assert!(lock(&topic).subscribers.is_empty());
+    }
+
+    #[tokio::test]
+    async fn topic_watch_reports_existing_then_new_topics_once_each() {
+        let service = Service::new();
+        service.publish("run:r:topics:network:a", json!(1));
+        service.publish("run:r:topics:network:a", json!(2));
+        service.publish("run:r:topics:other", json!(1));
+        // Subscribing creates an empty topic: not reported until something is published on it.
+        let _sub = service.subscribe("run:r:topics:network:b");
+        let mut watch = service.watch_topics("run:r:topics:network:");
+        assert_eq!(watch.next().await.as_deref(), Some("run:r:topics:network:a"));
+        assert_eq!(watch.try_next(), None);
+        service.publish("run:r:topics:network:a", json!(3));
+        service.publish("run:r:topics:other2", json!(1));
+        service.publish("run:r:topics:network:b", json!(1));
+        service.publish("run:r:topics:network:b", json!(2));
+        service.publish("run:r:topics:network:typo", json!(1));
+        assert_eq!(watch.next().await.as_deref(), Some("run:r:topics:network:b"));
+        assert_eq!(watch.next().await.as_deref(), Some("run:r:topics:network:typo"));
+        assert_eq!(watch.try_next(), None);
+        service.close();
+        assert_eq!(watch.next().await, None);
+        // After close: the existing ones, then the end.
+        let mut late = service.watch_topics("run:r:topics:network:");
+        let mut names = vec![late.next().await, late.next().await, late.next().await];
+        names.sort();
+        let names: Vec<_> = names.into_iter().flatten().map(|n| n.to_string()).collect();
+        assert_eq!(names, ["run:r:topics:network:a", "run:r:topics:network:b", "run:r:topics:network:typo"]);
+        assert_eq!(late.next().await, None);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn topic_watch_misses_nothing_published_while_it_registers() {
+        // Publishers race the registration: every topic must come exactly once.
+        for round in 0..50 {
+            let service = Service::new();
+            let publisher = std::thread::spawn({
+                let service = service.clone();
+                move || {
+                    for i in 0..200 {
+                        service.publish(&format!("p:{i}"), json!(i));
+                        service.publish(&format!("p:{i}"), json!(i));
+                    }
+                }
+            });
+            let mut watch = service.watch_topics("p:");
+            publisher.join().expect("publisher thread");
+            service.close();
+            let mut names = HashSet::new();
+            while let Some(name) = watch.next().await {
+                assert!(names.insert(name.to_string()), "round {round}: {name} twice");
+            }
+            assert_eq!(names.len(), 200, "round {round}");
+        }
+    }
+
+    #[tokio::test]
+    async fn dropped_topic_watches_are_pruned() {
+        let service = Service::new();
+        drop(service.watch_topics("p:"));
+        let _kept = service.watch_topics("q:");
+        service.publish("p:1", json!(1));
+        assert_eq!(lock(&service.shared.topic_watchers).len(), 1);
     }
 
     #[test]

@@ -658,3 +658,20 @@ async fn permessage_deflate_is_declined() {
     assert_eq!(c.request(r#"{"id":"0","signal_entry":{"state":"s"}}"#).await, signal_reply("0", 1));
     server.shutdown().await;
 }
+
+#[tokio::test]
+async fn topics_published_over_the_wire_are_watched_and_the_watch_ends_with_the_server() {
+    let server = Server::default().await;
+    let mut watch = server.service.watch_topics("run:r:topics:network:");
+    let mut c = server.client().await;
+    // A remote subscribe creates the topic empty: not reported.
+    c.send(r#"{"id":"s","is_cancel":false,"subscribe":{"topic":"run:r:topics:network:quiet"}}"#).await;
+    let reply = c.request(r#"{"id":"1","is_cancel":false,"publish":{"topic":"run:r:topics:network:typo-host","payload":{"enable":true}}}"#).await;
+    assert_eq!(reply, publish_reply("1", 1));
+    let name = tokio::time::timeout(PATIENCE, watch.next()).await.expect("a topic within the patience limit");
+    assert_eq!(name.as_deref(), Some("run:r:topics:network:typo-host"));
+    assert_eq!(watch.try_next(), None);
+    drop(c);
+    server.shutdown().await;
+    assert_eq!(watch.next().await, None);
+}
