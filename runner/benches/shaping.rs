@@ -46,7 +46,7 @@ async fn main() {
             service: service.clone(),
             ns: ns.clone(),
             hostname: format!("i-{i}"),
-            netns: net.netns_fd().try_clone_to_owned().expect("fd"),
+            netns: tg_nix_runner::shaping::FollowerNetns::Fd(net.netns_fd().try_clone_to_owned().expect("fd")),
             links: Links {
                 data: DATA_IFNAME.into(),
                 control: CONTROL_IFNAME.into(),

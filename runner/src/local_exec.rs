@@ -133,7 +133,9 @@ pub async fn run(
     // The hub (root) or nothing (host network); the sync service listens where instances look.
     let (hub, listener, sync_host, sync_port, subnet) = match &spec.isolation {
         Isolation::Namespaces { data_subnet } => {
-            let hub = Hub::create(HubConfig::new(*data_subnet)).await?;
+            // Sized to the run, so that all-to-all data traffic does not depend on ARP.
+            let instances = u32::try_from(spec.groups.iter().map(|g| g.instances).sum::<u64>()).unwrap_or(u32::MAX);
+            let hub = Hub::create(HubConfig::new(*data_subnet).with_instances(instances)).await?;
             let addr = SocketAddr::from((hub.control_gateway(), SYNC_PORT));
             let listener = hub.bind_tcp(addr).map_err(|e| RunnerError::Sync { addr, source: e })?;
             (Some(hub), listener, "testground-sync-service".to_string(), SYNC_PORT, data_subnet.to_string())
@@ -226,7 +228,7 @@ pub async fn run(
                         service: service.clone(),
                         ns: ns.clone(),
                         hostname: instance.hostname.clone(),
-                        netns,
+                        netns: shaping::FollowerNetns::Fd(netns),
                         links: shaping::Links {
                             data: netns::DATA_IFNAME.into(),
                             control: netns::CONTROL_IFNAME.into(),
@@ -262,12 +264,21 @@ pub async fn run(
         }
     }
 
+    // A config published for a hostname that is no instance here would never be read: stop the run.
+    let unknown_hosts = caps.as_ref().map(|_| {
+        let mut known: Vec<String> = hostnames.iter().cloned().collect();
+        known.sort();
+        shaping::spawn_unknown_host_watch(service.clone(), ns.clone(), known, abort.clone())
+    });
     let mut instances = Vec::with_capacity(total as usize);
     while let Some(joined) = tasks.join_next().await {
         match joined {
             Ok(result) => instances.push(result),
             Err(e) => return Err(RunnerError::Internal(format!("instance supervisor failed: {e}"))),
         }
+    }
+    if let Some(watch) = unknown_hosts {
+        watch.abort();
     }
     instances.sort_by_key(|r| r.global_index);
 
@@ -372,15 +383,7 @@ async fn supervise(
                     }
                 }
             }
-            if observed.cancelled {
-                if let Some((host, error)) = abort.cause() {
-                    if host == instance.hostname {
-                        observed.network_error = Some(error);
-                    } else {
-                        observed.aborted = Some(format!("instance {host}'s network config failed"));
-                    }
-                }
-            }
+            abort.explain(&instance.hostname, &mut observed);
             // Anything the plan left behind in its process group would keep our pipes open.
             kill_group(pid, libc::SIGKILL);
             if let Some(task) = stdout {

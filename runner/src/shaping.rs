@@ -16,7 +16,8 @@
 //! Before anything changes, a config is checked against the host's [`Capabilities`]: one that
 //! needs a qdisc or classifier this kernel lacks (netem, here) fails at once with the feature's
 //! name and the fix, and nothing of it is applied. The runner then stops the run
-//! ([`RunAbort`]): the instance waits on its callback barrier and would otherwise hang.
+//! ([`RunAbort`]): the instance waits on its callback barrier and would otherwise hang. So does a
+//! config published for a hostname that is no instance of the run ([`spawn_unknown_host_watch`]).
 
 pub mod apply;
 pub mod config;
@@ -37,6 +38,7 @@ pub use apply::{apply, check_support, requirements, Applied, Links, NetnsRef, Sh
 pub use config::{ConfigError, Filter, LinkRule, LinkShape, NetworkConfig, RoutingPolicy};
 
 use crate::capability::Capabilities;
+use crate::verdict::Observed;
 
 /// Why a config was not applied. Every variant names the instance.
 #[derive(Debug, thiserror::Error)]
@@ -73,11 +75,21 @@ pub struct MissingFeature {
 
 /// A run-wide stop with a reason: the first instance whose network config fails records why, and
 /// every instance of the run is stopped (the failing one's verdict carries the reason, the
-/// others say the run was aborted because of it).
+/// others say the run was aborted because of it). A fault no instance can be blamed for (a config
+/// for an unknown hostname) stops every instance with the same reason.
 #[derive(Debug, Clone)]
 pub struct RunAbort {
     token: CancellationToken,
-    cause: Arc<Mutex<Option<(String, String)>>>,
+    cause: Arc<Mutex<Option<AbortCause>>>,
+}
+
+/// Why a [`RunAbort`] stopped the run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AbortCause {
+    /// This instance's network config could not be applied.
+    Instance { instance: String, error: String },
+    /// Something of the run as a whole, attributable to no single instance.
+    Run { reason: String },
 }
 
 impl RunAbort {
@@ -88,9 +100,19 @@ impl RunAbort {
 
     /// Stops the run because of `instance`'s `error` (only the first cause is kept).
     pub fn fail(&self, instance: &str, error: String) {
+        self.stop(AbortCause::Instance { instance: instance.to_string(), error });
+    }
+
+    /// Stops the run for a `reason` no single instance is to blame for; every instance's verdict
+    /// is `aborted` with it (only the first cause is kept).
+    pub fn fail_run(&self, reason: String) {
+        self.stop(AbortCause::Run { reason });
+    }
+
+    fn stop(&self, first: AbortCause) {
         {
             let mut cause = self.cause.lock().unwrap_or_else(|p| p.into_inner());
-            cause.get_or_insert((instance.to_string(), error));
+            cause.get_or_insert(first);
         }
         self.token.cancel();
     }
@@ -100,9 +122,27 @@ impl RunAbort {
         &self.token
     }
 
-    /// The instance and error that stopped the run, if one did.
-    pub fn cause(&self) -> Option<(String, String)> {
+    /// What stopped the run, if something did.
+    pub fn cause(&self) -> Option<AbortCause> {
         self.cause.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Says in `observed` why the run stopped `instance`, when it was cancelled because of an
+    /// abort: its own network error, the instance whose config failed, or the run's reason.
+    pub fn explain(&self, instance: &str, observed: &mut Observed) {
+        if !observed.cancelled {
+            return;
+        }
+        match self.cause() {
+            Some(AbortCause::Instance { instance: host, error }) if host == instance => {
+                observed.network_error = Some(error);
+            }
+            Some(AbortCause::Instance { instance: host, .. }) => {
+                observed.aborted = Some(format!("instance {host}'s network config failed"));
+            }
+            Some(AbortCause::Run { reason }) => observed.aborted = Some(reason),
+            None => {}
+        }
     }
 }
 
@@ -158,6 +198,59 @@ pub async fn follow(
     Ok(seq)
 }
 
+/// Watches the run's `network:<hostname>` topics for one whose hostname is none of `hostnames`
+/// (the run's instances) and stops the run through [`RunAbort::fail_run`] at the first: no
+/// follower reads such a config, so the instance that published it would wait on its callback
+/// barrier until the run timeout. Topics that exist when it starts count too, so it may be spawned
+/// after the instances. Call once per run; abort the handle when the run has finished (it also
+/// ends when the service closes).
+///
+/// The sync protocol carries no sender, so the instance that published cannot be named: every
+/// instance's verdict is `aborted` with a reason naming the unknown host and the run's hostnames.
+pub fn spawn_unknown_host_watch(
+    service: Service,
+    ns: Namespace,
+    hostnames: Vec<String>,
+    abort: RunAbort,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let prefix = ns.topic(&topic(""));
+        let mut watch = service.watch_topics(&prefix);
+        while let Some(name) = watch.next().await {
+            let host = name.strip_prefix(prefix.as_str()).unwrap_or(&name);
+            if !hostnames.iter().any(|h| h == host) {
+                let reason = unknown_host_reason(host, &hostnames);
+                tracing::warn!("{reason}");
+                abort.fail_run(reason);
+                return;
+            }
+        }
+    })
+}
+
+/// The reason a config for `host` stops a run whose instances are `hostnames`.
+pub fn unknown_host_reason(host: &str, hostnames: &[String]) -> String {
+    const SHOWN: usize = 8;
+    let mut known = hostnames.iter().take(SHOWN).map(String::as_str).collect::<Vec<_>>().join(", ");
+    if hostnames.len() > SHOWN {
+        known.push_str(&format!(" … {} in all", hostnames.len()));
+    }
+    format!(
+        "a network config was published for host `{host}`, which is no instance of this run (its instances: \
+         {known}); the SDK takes the hostname from $HOSTNAME: publish on network:<own hostname>"
+    )
+}
+
+/// Where a [`Follower`] finds the instance's network namespace.
+#[derive(Debug)]
+pub enum FollowerNetns {
+    /// An open namespace fd (local:exec's instances; kept open while the follower runs).
+    Fd(std::os::fd::OwnedFd),
+    /// A path opened when the follower starts and kept open while it runs: `/proc/<pid>/ns/net`
+    /// of a container (local:docker).
+    Path(PathBuf),
+}
+
 /// Everything [`spawn_follower`] needs for one instance.
 #[derive(Debug)]
 pub struct Follower {
@@ -165,8 +258,8 @@ pub struct Follower {
     pub ns: Namespace,
     /// The instance's hostname (its topic is `network:<hostname>`).
     pub hostname: String,
-    /// The instance's network namespace (kept open by the follower while it runs).
-    pub netns: std::os::fd::OwnedFd,
+    /// The instance's network namespace.
+    pub netns: FollowerNetns,
     pub links: Links,
     pub caps: Arc<Capabilities>,
     /// Where the per-config lines go (`<outputs>/network.json`).
@@ -176,18 +269,48 @@ pub struct Follower {
 
 /// Runs [`follow`] for one instance on its own task; a config that cannot be applied stops the
 /// run through [`RunAbort::fail`]. Abort the returned handle when the instance has finished.
+///
+/// When the namespace cannot be entered (no root for a container's, or the container is already
+/// gone), nothing fails until the instance publishes a config: a run that never shapes is not
+/// stopped for it, and one that does fails with the reason instead of waiting on its callback.
 pub fn spawn_follower(f: Follower) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         use std::os::fd::AsFd;
-        let shaper = match Shaper::open(NetnsRef::Fd(f.netns.as_fd()), f.links, &f.hostname).await {
-            Ok(shaper) => shaper,
-            Err(e) => return f.abort.fail(&f.hostname, e.to_string()),
+        let opened = match &f.netns {
+            FollowerNetns::Fd(fd) => Shaper::open(NetnsRef::Fd(fd.as_fd()), f.links, &f.hostname).await,
+            FollowerNetns::Path(path) => Shaper::open(NetnsRef::Path(path), f.links, &f.hostname).await,
         };
-        if let Err(e) = follow(f.service, f.ns, shaper, f.caps, f.record).await {
+        let result = match opened {
+            Ok(shaper) => follow(f.service, f.ns, shaper, f.caps, f.record).await.map(|_| ()),
+            Err(e) => refuse_first(f.service, f.ns, &f.hostname, &f.record, e).await,
+        };
+        if let Err(e) = result {
             tracing::warn!("{e}");
             f.abort.fail(&f.hostname, e.to_string());
         }
     })
+}
+
+/// Waits for the instance's first config and answers it with `error` (recorded like a failed
+/// apply); returns Ok when the service closes before any config came.
+async fn refuse_first(
+    service: Service,
+    ns: Namespace,
+    hostname: &str,
+    record: &Path,
+    error: ShapingError,
+) -> Result<(), ShapingError> {
+    let mut sub = service.subscribe(&ns.topic(&topic(hostname)));
+    match sub.next().await {
+        None => Ok(()),
+        Some(payload) => {
+            append(
+                record,
+                json!({"seq": 1, "received_at": unix_secs(), "received": *payload, "error": error.to_string()}),
+            );
+            Err(error)
+        }
+    }
 }
 
 fn unix_secs() -> f64 {
@@ -201,5 +324,81 @@ fn append(path: &Path, line: Value) {
         std::fs::OpenOptions::new().create(true).append(true).open(path).and_then(|mut f| writeln!(f, "{line}"));
     if let Err(e) = result {
         tracing::warn!("cannot write {}: {e}", path.display());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ns() -> Namespace {
+        Namespace { run: "r".into(), plan: "network-rust".into(), case: "unknown-host".into() }
+    }
+
+    #[tokio::test]
+    async fn a_config_for_an_unknown_host_aborts_the_run_naming_it() {
+        let service = Service::new();
+        let abort = RunAbort::new(&CancellationToken::new());
+        let hostnames = vec!["single-0".to_string(), "single-1".to_string()];
+        // Published before the watch starts: still seen.
+        service.publish(&ns().topic(&topic("single-0")), json!({"enable": true}));
+        // Another topic that merely starts like it, and a subscription (an empty topic).
+        service.publish(&ns().topic("network-other"), json!(1));
+        let _sub = service.subscribe(&ns().topic(&topic("nobody")));
+        let watch = spawn_unknown_host_watch(service.clone(), ns(), hostnames, abort.clone());
+        service.publish(&ns().topic(&topic("single-1")), json!({"enable": true}));
+        tokio::task::yield_now().await;
+        assert!(!abort.token().is_cancelled());
+        assert!(abort.cause().is_none());
+
+        service.publish(&ns().topic(&topic("typo-host")), json!({"enable": true}));
+        abort.token().cancelled().await;
+        watch.await.expect("the watch ends after aborting");
+        let Some(AbortCause::Run { reason }) = abort.cause() else { panic!("{:?}", abort.cause()) };
+        assert!(reason.contains("host `typo-host`"), "{reason}");
+        assert!(reason.contains("its instances: single-0, single-1)"), "{reason}");
+        assert!(reason.contains("$HOSTNAME"), "{reason}");
+
+        // Every instance is told the same reason.
+        for instance in ["single-0", "single-1"] {
+            let mut observed = Observed { cancelled: true, ..Default::default() };
+            abort.explain(instance, &mut observed);
+            assert_eq!(observed.aborted.as_deref(), Some(reason.as_str()));
+            assert_eq!(observed.network_error, None);
+        }
+    }
+
+    #[tokio::test]
+    async fn configs_for_known_hosts_only_never_abort() {
+        let service = Service::new();
+        let abort = RunAbort::new(&CancellationToken::new());
+        let watch = spawn_unknown_host_watch(service.clone(), ns(), vec!["a-0".into()], abort.clone());
+        service.publish(&ns().topic(&topic("a-0")), json!({}));
+        // Another run's namespace is not this run's business.
+        let other = Namespace { run: "r2".into(), ..ns() };
+        service.publish(&other.topic(&topic("typo-host")), json!({}));
+        service.close();
+        watch.await.expect("the watch ends with the service");
+        assert!(!abort.token().is_cancelled());
+    }
+
+    #[test]
+    fn long_host_lists_are_shortened() {
+        let hosts: Vec<String> = (0..20).map(|i| format!("g-{i}")).collect();
+        let reason = unknown_host_reason("x", &hosts);
+        assert!(reason.contains("g-0, g-1, g-2, g-3, g-4, g-5, g-6, g-7 … 20 in all)"), "{reason}");
+    }
+
+    #[test]
+    fn an_instance_failure_names_the_instance_to_the_others() {
+        let abort = RunAbort::new(&CancellationToken::new());
+        abort.fail("a-0", "boom".into());
+        abort.fail_run("later".into());
+        let mut own = Observed { cancelled: true, ..Default::default() };
+        abort.explain("a-0", &mut own);
+        assert_eq!(own.network_error.as_deref(), Some("boom"));
+        let mut other = Observed { cancelled: true, ..Default::default() };
+        abort.explain("a-1", &mut other);
+        assert_eq!(other.aborted.as_deref(), Some("instance a-0's network config failed"));
     }
 }

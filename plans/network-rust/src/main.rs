@@ -16,6 +16,11 @@
 //! - `latency`: both ask for `latency_ms` of egress latency. On a kernel without sch_netem the
 //!   runner refuses the config and stops the run (the expected outcome there); with netem, the
 //!   TCP connect time must grow by at least the latency of both ends.
+//! - `unknown-host`: bad input on purpose. `a` publishes a NetworkConfig on `network:<host>`
+//!   (parameter `host`, default `typo-host`, no instance of the run) instead of its own
+//!   `network:$HOSTNAME`, and waits on its callback. No sidecar reads that topic, so the runner
+//!   must stop the run at once naming the host (the expected outcome); should the callback never
+//!   come, the case fails after STEP_TIMEOUT instead.
 //!
 //! Every configure_network uses a fresh callback state; steps only one instance takes use
 //! `callback_target = 1`. Facts about the testground 0.4.0 SDK: see plans/ping-rust/src/main.rs.
@@ -169,6 +174,7 @@ async fn run(client: &Client) -> Result<String, String> {
         "filter" => filter(client, me, peer, port).await,
         "enable" => enable(client, me, peer, port).await,
         "latency" => latency(client, &run, me, peer, port).await,
+        "unknown-host" => unknown_host(client, &run, me).await,
         other => Err(format!("unknown test case {other:?}")),
     }
 }
@@ -423,4 +429,28 @@ async fn latency(client: &Client, run: &RunParameters, me: u64, peer: IpAddr, po
         server.abort();
     }
     Ok(report)
+}
+
+/// Publishes a config for another hostname, as a plan with a wrong $HOSTNAME would: the SDK's
+/// configure_network always uses its own, so the topic is written directly.
+async fn unknown_host(client: &Client, run: &RunParameters, me: u64) -> Result<String, String> {
+    let host = run.test_instance_params.get("host").cloned().unwrap_or_else(|| "typo-host".into());
+    if me == 1 {
+        let cfg = config(zero_shape(), None, true, "unknown-host", Some(1));
+        let payload = serde_json::to_value(&cfg).map_err(|e| format!("encoding the config: {e}"))?;
+        client
+            .publish(format!("network:{host}"), Cow::Owned(payload))
+            .await
+            .map_err(|e| format!("publish network:{host}: {e}"))?;
+        // The runner stops the run here; a callback (or none) means it did not.
+        return match timeout(STEP_TIMEOUT, client.barrier("unknown-host", 1)).await {
+            Ok(Ok(())) => Ok(format!("a config published for host {host} was applied: is it this instance?")),
+            Ok(Err(e)) => Err(format!("barrier unknown-host: {e}")),
+            Err(_) => Err(format!(
+                "no callback within {STEP_TIMEOUT:?} for the config published for host {host}, and the run was not stopped"
+            )),
+        };
+    }
+    step(client, "unknown-host-done").await?;
+    Ok("waited".into())
 }

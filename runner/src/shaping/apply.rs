@@ -145,7 +145,15 @@ impl Shaper {
         let owned = match netns {
             NetnsRef::Fd(_) => None,
             NetnsRef::Path(path) => Some(OwnedFd::from(File::open(path).map_err(|source| {
-                ShapingError::Namespace { instance: instance.into(), detail: format!("{}: {source}", path.display()) }
+                let hint = if source.kind() == io::ErrorKind::PermissionDenied {
+                    "; shaping enters the namespace and needs root (CAP_SYS_ADMIN, CAP_NET_ADMIN)"
+                } else {
+                    ""
+                };
+                ShapingError::Namespace {
+                    instance: instance.into(),
+                    detail: format!("{}: {source}{hint}", path.display()),
+                }
             })?)),
         };
         let fd = match (&owned, netns) {
