@@ -1,8 +1,17 @@
-//! Reports of a run: the terminal summary and `--json`, both from one [`RunReport`].
+//! Reports of a run: the terminal summary, `--json`, and the report files of `--report-dir`
+//! (report.json, junit.xml, summary.md, index.html), all from one [`RunReport`] per run. The
+//! file renderers take a list of runs, so a matrix (a run per cell) reuses them as they are.
+
+pub mod escape;
+pub mod html;
+pub mod junit;
+pub mod markdown;
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
+
+use crate::error::CliError;
 
 use serde::Serialize;
 
@@ -32,6 +41,8 @@ pub struct RunReport {
     /// Outcome events that also reached the sync service, per group.
     pub sync_outcomes: BTreeMap<String, SyncTally>,
     pub duration_secs: f64,
+    /// When the run started, RFC 3339 in UTC to the second (`2024-05-01T12:00:00Z`).
+    pub started_at: String,
     pub outputs_dir: PathBuf,
 }
 
@@ -70,6 +81,10 @@ impl RunReport {
             instances: outcome.instances.clone(),
             sync_outcomes: outcome.sync_outcomes.clone(),
             duration_secs: (outcome.duration.as_secs_f64() * 1000.0).round() / 1000.0,
+            started_at: humantime::format_rfc3339_seconds(
+                std::time::SystemTime::now().checked_sub(outcome.duration).unwrap_or(std::time::UNIX_EPOCH),
+            )
+            .to_string(),
             outputs_dir: outputs_dir.to_path_buf(),
         }
     }
@@ -157,5 +172,122 @@ pub fn write_result_file(r: &RunReport, outputs_dir: &Path) {
             }
         }
         Err(e) => tracing::warn!("cannot serialise the report: {e}"),
+    }
+}
+
+/// The files `--report-dir` writes, in the order they are written.
+pub const REPORT_FILES: [&str; 4] = ["report.json", "junit.xml", "summary.md", "index.html"];
+
+/// Creates the report directory (before anything is built, so a bad `--report-dir` fails fast).
+pub fn prepare_report_dir(dir: &Path) -> Result<(), CliError> {
+    std::fs::create_dir_all(dir).map_err(|e| {
+        CliError::input(
+            format!("--report-dir {}: cannot create it: {e}", dir.display()),
+            "give a directory tg-nix may create and write to",
+        )
+    })
+}
+
+/// Writes report.json (the same document as `--json`), junit.xml, summary.md and index.html
+/// for these runs into `dir`; log links are relative to `dir`. Returns the paths written.
+pub fn write_report_dir(dir: &Path, reports: &[RunReport]) -> Result<Vec<PathBuf>, CliError> {
+    prepare_report_dir(dir)?;
+    let contents = [
+        render_json(reports) + "\n",
+        junit::render(reports),
+        markdown::render(reports, dir),
+        html::render(reports, dir),
+    ];
+    let mut written = Vec::new();
+    for (name, text) in REPORT_FILES.iter().zip(contents) {
+        let path = dir.join(name);
+        // Written beside and renamed, so a reader (a CI step, a browser) never sees half a file.
+        let partial = dir.join(format!(".{name}.partial"));
+        std::fs::write(&partial, text)
+            .and_then(|_| std::fs::rename(&partial, &path))
+            .map_err(|e| CliError::infra(format!("cannot write the report {}: {e}", path.display())))?;
+        written.push(path);
+    }
+    Ok(written)
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use std::time::Duration;
+
+    use tg_nix_runner::{InstanceResult, Verdict};
+
+    use super::*;
+
+    fn instance(group: &str, index: u64, verdict: Verdict, stderr: &[&str]) -> InstanceResult {
+        InstanceResult {
+            group: group.to_string(),
+            group_index: index,
+            global_index: 0,
+            hostname: format!("{group}-{index}"),
+            data_ip: None,
+            verdict,
+            outputs_dir: PathBuf::from(format!("/tmp/out/run1/{group}/{index}")),
+            stderr_tail: stderr.iter().map(|s| s.to_string()).collect(),
+            duration: Duration::from_millis(1500 + index * 10),
+        }
+    }
+
+    /// A run with every kind of verdict, a hostile group id and hostile stderr.
+    pub(crate) fn sample() -> RunReport {
+        let instances = vec![
+            instance("dialer", 0, Verdict::Pass, &[]),
+            instance(
+                "dialer",
+                1,
+                Verdict::Failure { error: "ping | failed <b>".into() },
+                &["<script>alert(1)</script>"],
+            ),
+            instance(
+                "g<b>",
+                0,
+                Verdict::Crash { error: "index out of bounds".into() },
+                &["\u{1b}[31mpanicked\u{1b}[0m"],
+            ),
+            instance("g<b>", 1, Verdict::Timeout { success_recorded: true }, &[]),
+            instance("g<b>", 2, Verdict::Signal { signal: "SIGABRT (6)".into(), success_recorded: false }, &[]),
+            instance("listener", 0, Verdict::ExitCode { code: 3, success_recorded: true }, &["line 1", "line 2"]),
+            instance("listener", 1, Verdict::NoOutcome, &[]),
+            instance("listener", 2, Verdict::StartFailed { error: "no such file".into() }, &[]),
+            instance("listener", 3, Verdict::Cancelled, &[]),
+            instance("listener", 4, Verdict::Aborted { reason: "dialer[1] network config".into() }, &[]),
+        ];
+        let mut groups: BTreeMap<String, GroupSummary> = BTreeMap::new();
+        for i in &instances {
+            let g = groups.entry(i.group.clone()).or_insert(GroupSummary { ok: 0, total: 0 });
+            g.total += 1;
+            g.ok += u64::from(i.verdict.is_pass());
+        }
+        RunReport {
+            run_id: "cs0l1l8m1a2b3c4d5e6f".into(),
+            composition_run: "default".into(),
+            plan: "placebo-rust".into(),
+            case: "mixed".into(),
+            runner: "local:exec".into(),
+            outcome: "failure".into(),
+            groups,
+            instances,
+            sync_outcomes: BTreeMap::new(),
+            duration_secs: 4.5,
+            started_at: "2024-05-01T12:00:00Z".into(),
+            outputs_dir: PathBuf::from("/tmp/out/run1"),
+        }
+    }
+
+    #[test]
+    fn report_dir_holds_every_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let written = write_report_dir(&dir.path().join("r"), &[sample()]).unwrap();
+        assert_eq!(written.len(), REPORT_FILES.len());
+        let json: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&written[0]).unwrap()).unwrap();
+        assert_eq!(json["runs"][0]["instances"].as_array().unwrap().len(), 10);
+        for path in &written {
+            assert!(std::fs::metadata(path).unwrap().len() > 0, "{}", path.display());
+        }
     }
 }
