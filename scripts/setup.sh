@@ -14,6 +14,8 @@ packages=(
   busybox-static  # the builder of every tg-nix derivation (static: the sandbox has no libc)
   docker.io       # the local:docker runner (Docker 20.10, API 1.41) and its end-to-end tests
   strace          # runner/tests/tc_bytes.rs captures what `tc` sends to compare tg-nix's requests
+  libxml2-utils   # `xmllint --schema`: tests/reports.rs validates junit.xml against tests/fixtures/junit.xsd
+  chromium        # tests/reports.rs renders index.html headless (DOM dump and a screenshot)
 )
 
 missing=()

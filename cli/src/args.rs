@@ -76,9 +76,22 @@ pub enum Command {
     Gen {
         /// A Testground composition file.
         composition: PathBuf,
+        /// A template variable for the composition, `name=value`; repeat for more.
+        #[arg(long = "set", value_name = "K=V", value_parser = parse_key_value)]
+        set: Vec<(String, String)>,
         /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
+    },
+    /// Print a composition as tg-nix parses it: a file holding `{{` rendered as a handlebars
+    /// template (with the environment and the --set variables), any other file as it is. The
+    /// rendered text is then checked; line numbers in its errors count lines of this output.
+    Render {
+        /// A Testground composition file.
+        composition: PathBuf,
+        /// A template variable, `name=value` (`{{vars.name}}`); repeat for more.
+        #[arg(long = "set", value_name = "K=V", value_parser = parse_key_value)]
+        set: Vec<(String, String)>,
     },
     /// Say what this host can do: root, namespaces, bridges, qdiscs, cargo, nix, docker.
     Doctor {
@@ -134,6 +147,11 @@ pub struct TargetArgs {
     #[arg(long = "run-cfg", value_name = "K=V", value_parser = parse_key_value, help_heading = "Single group")]
     pub run_cfg: Vec<(String, String)>,
 
+    /// A template variable for the composition, `name=value` (`{{vars.name}}`); repeat for more.
+    /// A composition holding `{{` is rendered with these and the environment before parsing.
+    #[arg(long = "set", value_name = "K=V", value_parser = parse_key_value, conflicts_with = "plan")]
+    pub set: Vec<(String, String)>,
+
     /// Build exactly what tg-nix.lock (beside the composition) pins: a nix:* unit that the lock
     /// does not have, or that no longer resolves to its pins, is an error; the lock is not written.
     #[arg(long, help_heading = "Build")]
@@ -173,6 +191,11 @@ pub struct RunArgs {
     /// Print the report as JSON on stdout (progress still goes to stderr).
     #[arg(long)]
     pub json: bool,
+    /// Also write the report files here (created if missing): report.json (as --json),
+    /// junit.xml (Jenkins/Ant JUnit), summary.md (for $GITHUB_STEP_SUMMARY) and index.html
+    /// (static, self-contained). Log links in them are relative to DIR.
+    #[arg(long, value_name = "DIR")]
+    pub report_dir: Option<PathBuf>,
 }
 
 fn parse_key_value(s: &str) -> Result<(String, String), String> {
@@ -215,6 +238,19 @@ mod tests {
         assert_eq!(run.timeout, Duration::from_secs(90));
         assert_eq!(run.target.instances, Some(3));
         assert!(!run.target.locked);
+    }
+
+    #[test]
+    fn set_flags() {
+        let cli = Cli::try_parse_from(["tg-nix", "run", "c.toml", "--set", "n=2", "--set", "v=a=b"]).unwrap();
+        let Command::Run(run) = cli.command else { panic!("not run") };
+        assert_eq!(run.target.set, [("n".to_string(), "2".to_string()), ("v".to_string(), "a=b".to_string())]);
+        assert!(Cli::try_parse_from(["tg-nix", "run", "--plan", "p", "--case", "x", "--set", "n=1"]).is_err());
+        assert!(Cli::try_parse_from(["tg-nix", "build", "c.toml", "--set", "novalue"]).is_err());
+        let cli = Cli::try_parse_from(["tg-nix", "render", "c.toml", "--set", "n=1"]).unwrap();
+        assert!(matches!(cli.command, Command::Render { set, .. } if set.len() == 1));
+        let cli = Cli::try_parse_from(["tg-nix", "gen", "c.toml", "--set", "n=1"]).unwrap();
+        assert!(matches!(cli.command, Command::Gen { set, .. } if set.len() == 1));
     }
 
     #[test]

@@ -5,15 +5,15 @@ use std::path::{Path, PathBuf};
 
 use tg_nix_builders::nix::Generated;
 use tg_nix_builders::BuildRequest;
-use tg_nix_model::Composition;
+use tg_nix_model::{Composition, TemplateData};
 
 use crate::build::distinct_units;
 use crate::error::{exit, CliError};
 use crate::home::Home;
 use crate::progress::BuildDisplay;
 
-pub fn run(composition: &Path, home: &Home, json: bool) -> Result<i32, CliError> {
-    let loaded = Composition::load(composition)?;
+pub fn run(composition: &Path, data: &TemplateData, home: &Home, json: bool) -> Result<i32, CliError> {
+    let loaded = Composition::load_with(composition, data)?;
     let base_dir = composition.parent().map(Path::to_path_buf).unwrap_or_default();
     let (plan_dir, prepared) = crate::run::prepare(&loaded, &base_dir, home)?;
     let nix_units = prepared.builds.iter().filter(|unit| {

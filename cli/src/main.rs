@@ -10,6 +10,7 @@ mod gen;
 mod home;
 mod lock;
 mod progress;
+mod render;
 mod report;
 mod run;
 mod run_docker;
@@ -86,12 +87,14 @@ async fn dispatch(cli: Cli) -> i32 {
                 .await
                 .unwrap_or_else(|e| Err(CliError::infra(format!("setup task failed: {e}"))))
         }
-        Command::Gen { composition, json } => {
+        Command::Gen { composition, set, json } => {
             let home = home.clone();
-            tokio::task::spawn_blocking(move || gen::run(&composition, &home, json))
+            let data = tg_nix_model::TemplateData::from_env(set);
+            tokio::task::spawn_blocking(move || gen::run(&composition, &data, &home, json))
                 .await
                 .unwrap_or_else(|e| Err(CliError::infra(format!("gen task failed: {e}"))))
         }
+        Command::Render { composition, set } => render::run(&composition, set),
         Command::Doctor { json, network } => {
             let checks = doctor::checks(&home).await;
             let selfcheck = if network { Some(doctor::network().await) } else { None };

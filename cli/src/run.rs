@@ -31,7 +31,8 @@ impl Target {
     pub fn resolve(args: &TargetArgs, home: &Home) -> Result<Target, CliError> {
         let (composition, base_dir) = match (&args.composition, &args.plan) {
             (Some(path), _) => {
-                let composition = Composition::load(path)?;
+                let data = tg_nix_model::TemplateData::from_env(args.set.iter().cloned());
+                let composition = Composition::load_with(path, &data)?;
                 let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
                 (composition, base)
             }
@@ -186,6 +187,9 @@ fn select_runs(prepared: &Prepared, wanted: &[String], source: &Path) -> Result<
 /// Runs `tg-nix run`; returns the process exit code.
 pub async fn run(args: RunArgs, home: Home, cancel: CancellationToken) -> Result<i32, CliError> {
     let plan = RunPlan::resolve(&args, &home)?;
+    if let Some(dir) = &args.report_dir {
+        report::prepare_report_dir(dir)?;
+    }
     let (locked, jobs) = (args.target.locked, args.target.jobs);
     let built = {
         // Builds block (cargo, nix-build); keep them off the async workers.
@@ -237,7 +241,7 @@ pub async fn run(args: RunArgs, home: Home, cancel: CancellationToken) -> Result
         let _ = printer.await;
         reports.push(record_run(&plan, run_id, &outcome, &outputs_dir, &cancel, args.json));
     }
-    Ok(finish(&reports, args.json, &cancel))
+    Ok(finish(&reports, &args, &cancel))
 }
 
 /// A finished run's report: written as result.json into its outputs, printed unless `json`.
@@ -257,10 +261,21 @@ pub(crate) fn record_run(
     report
 }
 
-/// The exit code of a `run` (after printing every report as JSON when `json`).
-pub(crate) fn finish(reports: &[RunReport], json: bool, cancel: &CancellationToken) -> i32 {
-    if json {
+/// The exit code of a `run`, after printing every report as JSON with `--json` and writing the
+/// report files with `--report-dir` (a report that cannot be written makes the run an INFRA error,
+/// since a CI job would otherwise publish nothing and still see its tests' verdict).
+pub(crate) fn finish(reports: &[RunReport], args: &RunArgs, cancel: &CancellationToken) -> i32 {
+    if args.json {
         println!("{}", report::render_json(reports));
+    }
+    if let Some(dir) = &args.report_dir {
+        match report::write_report_dir(dir, reports) {
+            Ok(_) => eprintln!("report {}: {}", dir.display(), report::REPORT_FILES.join(", ")),
+            Err(e) => {
+                eprintln!("{}", e.render());
+                return exit::INFRA;
+            }
+        }
     }
     if cancel.is_cancelled() {
         exit::INTERRUPTED

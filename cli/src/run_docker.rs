@@ -49,10 +49,20 @@ pub async fn run(
         .map_err(|e| CliError::infra(format!("image task failed: {e}")))??;
         let work = home.work_dir().join("images");
         let writer = image.clone();
+        let groups: Vec<&str> = programs.iter().filter(|(_, p)| *p == program).map(|(g, _)| g.as_str()).collect();
         let loaded = local_docker::ensure_image(&docker, &image.id, &image.tag, &work, move |path| {
             writer.write_tar(path).map_err(|e| e.to_string())
         })
-        .await?;
+        .await
+        .map_err(|e| {
+            CliError::from(e).with_hint(format!(
+                "the image of group{} {} could not be written or loaded into Docker; its tar is written under {} \
+                 (is there space?) and removed afterwards; `tg-nix run` tries again next time",
+                if groups.len() > 1 { "s" } else { "" },
+                groups.join(", "),
+                work.display()
+            ))
+        })?;
         eprintln!(
             "image  {} {} {} in {:.2}s",
             image.tag,
@@ -99,7 +109,7 @@ pub async fn run(
         let _ = printer.await;
         reports.push(record_run(plan, run_id, &outcome, &outputs_dir, &cancel, args.json));
     }
-    Ok(finish(&reports, args.json, &cancel))
+    Ok(finish(&reports, args, &cancel))
 }
 
 /// `run_config` keys of local:docker; unknown keys are ignored (Testground files carry extras).
@@ -145,6 +155,16 @@ fn run_config(table: &toml::Table) -> Result<DockerRunConfig, CliError> {
             .map(|u| u.as_str().map(String::from).ok_or_else(|| bad("ulimits", "a list of strings")))
             .collect::<Result<_, _>>()?;
     }
+    // Not a Testground key: containers created and started at once (default 16, as Testground).
+    if let Some(v) = table.get("start_parallelism") {
+        config.start_parallelism = match v {
+            toml::Value::Integer(n) => usize::try_from(*n).ok(),
+            toml::Value::String(s) => s.parse().ok(),
+            _ => None,
+        }
+        .filter(|n| *n > 0)
+        .ok_or_else(|| bad("start_parallelism", "a number of containers, at least 1"))?;
+    }
     if let Some(v) = table.get("log_level") {
         config.log_level = Some(v.as_str().ok_or_else(|| bad("log_level", "a string"))?.to_string());
     }
@@ -176,6 +196,7 @@ mod tests {
             exposed_ports = { chrome_debug = 5321 }
             additional_hosts = ["http-echo"]
             log_level = "debug"
+            start_parallelism = 8
             unknown = 1
             "#,
         )
@@ -186,6 +207,9 @@ mod tests {
         assert_eq!(c.exposed_ports["chrome_debug"], 5321);
         assert_eq!(c.additional_hosts, ["http-echo"]);
         assert_eq!(c.log_level.as_deref(), Some("debug"));
+        assert_eq!(c.start_parallelism, 8);
+        let zero: toml::Table = toml::from_str("start_parallelism = \"0\"").unwrap();
+        assert!(run_config(&zero).is_err());
         let bad: toml::Table = toml::from_str("keep_containers = \"yes\"").unwrap();
         assert!(run_config(&bad).is_err());
     }

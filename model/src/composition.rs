@@ -15,6 +15,7 @@ use toml::{Table, Value};
 use crate::doc::{self, Ignored, KeyPath, Reader, Rule, Schema, SpanIndex};
 use crate::error::{ErrorKind, ModelError, Warning};
 use crate::manifest::DOCKERFILE_EXTENSIONS;
+use crate::template::{in_rendered, render_composition, TemplateData};
 
 /// A parsed composition. Build one with [`Composition::load`], [`Composition::from_str`] or
 /// [`Composition::single`].
@@ -34,6 +35,9 @@ pub struct Composition {
     pub(crate) lines: SpanIndex,
     #[serde(skip)]
     pub(crate) origin: Origin,
+    /// The file was a template: lines in messages are lines of the rendered text.
+    #[serde(skip)]
+    pub(crate) rendered: bool,
 }
 
 /// Where a composition came from; decides how key paths are shown in messages.
@@ -287,10 +291,32 @@ static RUN_GROUP: Schema = Schema {
 };
 
 impl Composition {
-    /// Reads and checks `path`. I/O only reads this one file.
+    /// Reads and checks `path`, rendering it first when it is a template (see
+    /// [`Composition::load_with`]) with the process environment and no `--set` variables.
     pub fn load(path: &Path) -> Result<Composition, ModelError> {
+        Composition::load_with(path, &TemplateData::from_env([]))
+    }
+
+    /// Reads `path`; when it contains `{{`, renders it as a handlebars template with `data`
+    /// ([`crate::render_composition`]), then parses and checks the result. I/O reads this file
+    /// and the resources its template loads. Errors whose line is in the rendered text say so.
+    pub fn load_with(path: &Path, data: &TemplateData) -> Result<Composition, ModelError> {
         let text = doc::read(path)?;
-        Composition::from_str(&text, path)
+        match render_composition(&text, path, data)? {
+            None => Composition::from_str(&text, path),
+            Some(rendered) => {
+                let mut c = Composition::from_str(&rendered, path).map_err(|e| in_rendered(e, path))?;
+                c.warnings = c.warnings.into_iter().map(|w| rendered_warning(w, path)).collect();
+                c.rendered = true;
+                Ok(c)
+            }
+        }
+    }
+
+    /// True when the file was a template: line numbers in messages count lines of the rendered
+    /// text (`tg-nix render` prints it).
+    pub fn is_rendered(&self) -> bool {
+        self.rendered
     }
 
     /// Parses composition text: syntax, key names and value types. `source` names it in messages.
@@ -323,6 +349,7 @@ impl Composition {
             warnings: r.finish(),
             lines: doc.lines,
             origin: Origin::File,
+            rendered: false,
         })
     }
 
@@ -337,8 +364,17 @@ impl Composition {
             warnings: Vec::new(),
             lines: SpanIndex::default(),
             origin,
+            rendered: false,
         }
     }
+}
+
+/// A warning located in a rendered composition, said the way [`in_rendered`] says it of errors.
+pub(crate) fn rendered_warning(w: Warning, path: &Path) -> Warning {
+    let e =
+        ModelError { key: w.key, line: w.line, hint: w.hint, ..ModelError::new(ErrorKind::Invalid, w.file, w.message) };
+    let e = in_rendered(e, path);
+    Warning { file: e.file, key: e.key, line: e.line, message: e.message, hint: e.hint }
 }
 
 fn name(r: &Reader<'_>, t: &Table, path: &KeyPath, key: &str) -> Result<String, ModelError> {

@@ -7,8 +7,12 @@
 //! §1, §2.5, §4 and §5.1) is the specification; doc comments quote it where the behaviour is
 //! surprising.
 //!
+//! A composition that contains `{{` is a handlebars template, rendered before parsing
+//! ([`render_composition`], data in [`TemplateData`]: the environment and `--set` variables).
+//!
 //! This crate does no I/O besides reading the one file [`Manifest::load`] or
-//! [`Composition::load`] is given, starts no processes and opens no sockets. Every problem is a
+//! [`Composition::load`] is given (and the TOML resources a composition template loads from its
+//! own directory), starts no processes and opens no sockets. Every problem is a
 //! [`ModelError`] that names the file, the key path, the line and the fix; things tg-nix accepts
 //! but wants seen are [`Warning`]s. No input makes it panic.
 //!
@@ -57,6 +61,7 @@ mod manifest;
 mod params;
 mod prepare;
 mod single;
+mod template;
 
 pub use composition::{Build, Composition, Dependency, Global, Group, Instances, Run, RunDefaults, RunGroupDef};
 pub use env::{InstanceEnv, RS_REQUIRED_VARS};
@@ -66,6 +71,7 @@ pub use manifest::{InstanceBounds, Manifest, ParamSpec, TestCase};
 pub use params::{check_param, pack_params, param_default_string, unpack_params, ParamProblem};
 pub use prepare::{BuildUnit, Prepared, RunGroup, RunSpec, MAX_INSTANCES};
 pub use single::{SingleRun, SINGLE_GROUP};
+pub use template::{is_template, render_composition, TemplateData};
 
 #[cfg(test)]
 mod hostile_tests;

@@ -108,7 +108,15 @@ impl Composition {
     /// Checks this composition against `manifest` and applies the precedence rules. Errors name
     /// the file (composition or manifest), the key path and the fix.
     pub fn prepare(&self, manifest: &Manifest) -> Result<Prepared, ModelError> {
-        Preparer { comp: self, manifest, warnings: Vec::new(), warned: HashSet::new() }.prepare()
+        let prepared = Preparer { comp: self, manifest, warnings: Vec::new(), warned: HashSet::new() }.prepare();
+        if !self.rendered {
+            return prepared;
+        }
+        let source = &self.source;
+        let mut prepared = prepared.map_err(|e| crate::template::in_rendered(e, source))?;
+        prepared.warnings =
+            prepared.warnings.into_iter().map(|w| crate::composition::rendered_warning(w, source)).collect();
+        Ok(prepared)
     }
 }
 
