@@ -141,8 +141,8 @@ fn cold(dir: &Path, plan: &Path) {
     std::fs::write(
         &composition,
         format!(
-            "[global]\nplan = {:?}\ncase = \"ping\"\nbuilder = \"nix:rust\"\nrunner = \"local:exec\"\ntotal_instances = 1\n\n\
-             [[groups]]\nid = \"cold\"\ninstances = {{ count = 1 }}\n",
+            "[global]\nplan = {:?}\ncase = \"ping\"\nbuilder = \"nix:rust\"\nrunner = \"local:exec\"\ntotal_instances = 2\n\n\
+             [[groups]]\nid = \"cold\"\ninstances = {{ count = 2 }}\n",
             copy.display().to_string()
         ),
     )

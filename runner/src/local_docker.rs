@@ -7,11 +7,18 @@
 //! - A per-run internal data network `tg-<plan>-<case>-<run>-default` with Testground's subnet
 //!   allocation (`16.0.0.0/16`, then `16.1.0.0/16`, … by the number of such networks) and labels.
 //! - Each container is created on the control network (eth0), connected to the data network
-//!   before it starts (eth1), started with bounded parallelism, and its logs are streamed into the
-//!   instance's outputs exactly as local:exec writes them.
-//! - The runner plays the sidecar: once a container runs with both networks it signals
-//!   `network-initialized` for it, and reports its pid ([`RunEvent::InstanceStarted`]) so shaping
-//!   can enter `/proc/<pid>/ns/net`.
+//!   before it starts (eth1) with a static address and MAC (host `index + 2`, 02:42 + IP), started
+//!   with bounded parallelism, and its logs are streamed into the instance's outputs exactly as
+//!   local:exec writes them. Once it runs, its `eth1` gets an externally learned neighbour entry
+//!   for every other container of the run ([`crate::netns::seed_neighbours`]), so all-to-all
+//!   traffic does not depend on the host-wide ARP cache cap (docs/architecture.md, "Scale").
+//! - The runner plays the sidecar: once a container runs with both networks it follows the
+//!   container's `network:<hostname>` topic and applies its configs inside `/proc/<pid>/ns/net`
+//!   ([`crate::shaping`], as local:exec does: data link `eth1`, control link `eth0`, host routes
+//!   to the sync service and the `name:ip` additional hosts kept under deny_all), then signals
+//!   `network-initialized` for it and reports its pid ([`RunEvent::InstanceStarted`]). A config
+//!   that cannot be applied stops the run (verdict `network_config` for that instance, `aborted`
+//!   for the others).
 //! - Verdicts come from [`crate::verdict`] like local:exec's, plus the container's OOM kill.
 //! - Containers and the data network are removed at the end (success, failure, timeout, cancel)
 //!   unless `keep_containers`; [`terminate`] removes what a killed tg-nix left, by label.
@@ -24,8 +31,8 @@ use std::time::{Duration, Instant, SystemTime};
 
 use bollard::errors::Error as DockerError;
 use bollard::models::{
-    ContainerCreateBody, EndpointSettings, HostConfig, Ipam, IpamConfig, NetworkConnectRequest, NetworkCreateRequest,
-    ResourcesUlimits,
+    ContainerCreateBody, EndpointIpamConfig, EndpointSettings, HostConfig, Ipam, IpamConfig, NetworkConnectRequest,
+    NetworkCreateRequest, ResourcesUlimits,
 };
 use bollard::query_parameters::{
     CreateContainerOptionsBuilder, ImportImageOptionsBuilder, KillContainerOptionsBuilder,
@@ -44,10 +51,13 @@ use tg_nix_model::InstanceEnv;
 use tg_nix_sync::keys::Namespace;
 use tg_nix_sync::{ServerConfig, Service};
 
+use crate::capability::Capabilities;
 use crate::local_exec::{
     apply_events, capture_stderr, capture_stdout, create_private_dir, unique_hostname, watch_run_events,
     write_run_out_if_missing, InstanceResult, RunOutcome, SYNC_PORT,
 };
+use crate::netns::{self, mac_for, Ipv4Cidr, MAX_PRESEEDED_INSTANCES};
+use crate::shaping::{self, RunAbort};
 use crate::verdict::{decide, Exit, Observed};
 use crate::{RunEvent, RunnerError};
 
@@ -58,6 +68,10 @@ pub const CONTROL_GATEWAY: Ipv4Addr = Ipv4Addr::new(192, 18, 0, 1);
 /// The label every container and data network of a tg-nix run carries (value: the run id);
 /// `tg-nix terminate` removes whatever has it.
 pub const RUN_LABEL: &str = "tg-nix.run";
+/// The container's interface on the control network (its NetworkMode, attached first).
+pub const CONTROL_IFNAME: &str = "eth0";
+/// The container's interface on the data network (connected second, before start).
+pub const DATA_IFNAME: &str = "eth1";
 /// How long a cancelled container gets between SIGTERM and SIGKILL.
 const CANCEL_GRACE_SECS: i32 = 3;
 /// How long the Docker API may take to answer one request (streams are not bounded by it).
@@ -342,6 +356,33 @@ struct Planned {
     outputs: PathBuf,
     temp: PathBuf,
     env: Vec<String>,
+    /// Its static address on the data network ([`data_host`]), None when the subnet has no room
+    /// left (Docker then picks one).
+    data_ip: Option<Ipv4Addr>,
+}
+
+/// Instance `global` of a run gets host `global + 2` of the data subnet: host 1 is the gateway,
+/// as local:exec numbers them.
+fn data_host(subnet: Ipv4Cidr, global: u64) -> Option<Ipv4Addr> {
+    u32::try_from(global).ok().and_then(|g| g.checked_add(2)).and_then(|n| subnet.host(n))
+}
+
+/// Every instance's `(data address, MAC)`, seeded into each container's `eth1` (see
+/// [`netns::mac_for`]); empty beyond [`MAX_PRESEEDED_INSTANCES`], where the data network relies on
+/// ARP and the host's cap.
+fn data_peers(planned: &[Planned]) -> Vec<(Ipv4Addr, [u8; 6])> {
+    if planned.len() > MAX_PRESEEDED_INSTANCES as usize {
+        tracing::warn!(
+            instances = planned.len(),
+            limit = MAX_PRESEEDED_INSTANCES,
+            "the data network relies on ARP for this many containers: the host's ARP cache \
+             (net.ipv4.neigh.default.gc_thresh3, shared by every namespace) must hold every pair \
+             of instances that talk, or they fail with \"No route to host\"; raise it on the host \
+             if they do"
+        );
+        return Vec::new();
+    }
+    planned.iter().filter_map(|p| p.data_ip).map(|ip| (ip, mac_for(ip))).collect()
 }
 
 /// Runs every instance of `spec` to its verdict. Returns Err only when the run could not be set
@@ -401,6 +442,11 @@ async fn run_instances(
     cancel: &CancellationToken,
 ) -> Result<Vec<InstanceResult>, RunnerError> {
     let deadline = tokio::time::Instant::now() + spec.timeout;
+    let data_subnet: Ipv4Cidr = subnet.parse().map_err(|e| {
+        RunnerError::Internal(format!("the data network {network} has subnet {subnet:?}, not an IPv4 CIDR: {e}"))
+    })?;
+    // What the kernel can shape, checked before each config is applied (a few ms, once per run).
+    let caps = Arc::new(crate::capability::probe().await);
     let total: u64 = spec.groups.iter().map(|g| g.instances).sum();
     let _ = progress.send(RunEvent::RunStarted { run_id: spec.run_id.clone(), instances: total });
     let start_time = SystemTime::now();
@@ -454,6 +500,7 @@ async fn run_instances(
                 outputs,
                 temp,
                 env: vars,
+                data_ip: data_host(data_subnet, global),
             });
             global += 1;
         }
@@ -462,6 +509,7 @@ async fn run_instances(
     let shared = Arc::new(Shared {
         docker: docker.clone(),
         network: network.to_string(),
+        peers: data_peers(&planned),
         spec_labels: HashMap::from([
             ("testground.purpose".to_string(), "plan".to_string()),
             ("testground.plan".to_string(), spec.plan.clone()),
@@ -471,12 +519,19 @@ async fn run_instances(
         ]),
         config: spec.config.clone(),
         service: service.clone(),
+        ns: ns.clone(),
         network_initialized: ns.state("network-initialized"),
         starting: Semaphore::new(spec.config.start_parallelism.max(1)),
         deadline,
-        cancel: cancel.clone(),
+        abort: RunAbort::new(cancel),
         progress: progress.clone(),
+        caps,
+        links: shaping_links(data_subnet, &spec.config.additional_hosts),
     });
+    // A config published for a hostname that is no instance here would never be read: stop the run.
+    let hostnames = planned.iter().map(|p| p.hostname.clone()).collect();
+    let unknown_hosts =
+        shaping::spawn_unknown_host_watch(shared.service.clone(), shared.ns.clone(), hostnames, shared.abort.clone());
     let mut tasks = JoinSet::new();
     for p in planned {
         let shared = shared.clone();
@@ -493,20 +548,68 @@ async fn run_instances(
             Err(e) => return Err(RunnerError::Internal(format!("instance supervisor failed: {e}"))),
         }
     }
+    unknown_hosts.abort();
     Ok(results)
 }
 
 struct Shared {
     docker: Docker,
     network: String,
+    /// Seeded into every container's `eth1` before its `network-initialized` ([`seed_peers`]).
+    peers: Vec<(Ipv4Addr, [u8; 6])>,
     spec_labels: HashMap<String, String>,
     config: DockerRunConfig,
     service: Service,
+    ns: Namespace,
     network_initialized: String,
     starting: Semaphore,
     deadline: tokio::time::Instant,
-    cancel: CancellationToken,
+    /// The user's interrupt, or a network config that could not be applied.
+    abort: RunAbort,
     progress: UnboundedSender<RunEvent>,
+    caps: Arc<Capabilities>,
+    /// What shaping works on in every container ([`shaping_links`]).
+    links: shaping::Links,
+}
+
+/// The links shaping works on inside a container: data `eth1` on `data_subnet`, control `eth0`,
+/// and the hosts kept reachable under deny_all (compat §3.3): the sync service on the control
+/// gateway (also the Docker host, the gateway of the default route) and each `name:ip` additional
+/// host (names without an address have nothing to route to).
+pub fn shaping_links(data_subnet: Ipv4Cidr, additional_hosts: &[String]) -> shaping::Links {
+    shaping::Links {
+        data: DATA_IFNAME.into(),
+        control: CONTROL_IFNAME.into(),
+        data_subnet,
+        keep: kept_hosts(additional_hosts),
+    }
+}
+
+fn kept_hosts(additional_hosts: &[String]) -> Vec<Ipv4Addr> {
+    let mut keep = vec![CONTROL_GATEWAY];
+    for host in additional_hosts {
+        if let Some(ip) = host.rsplit_once(':').and_then(|(_, ip)| ip.trim().parse::<Ipv4Addr>().ok()) {
+            if !keep.contains(&ip) {
+                keep.push(ip);
+            }
+        }
+    }
+    keep
+}
+
+/// Follows the container's `network:<hostname>` topic and applies its configs inside the
+/// container's network namespace, entered through its pid.
+fn spawn_follower(shared: &Shared, p: &Planned, pid: u32) -> tokio::task::JoinHandle<()> {
+    shaping::spawn_follower(shaping::Follower {
+        service: shared.service.clone(),
+        ns: shared.ns.clone(),
+        hostname: p.hostname.clone(),
+        netns: shaping::FollowerNetns::Path(PathBuf::from(format!("/proc/{pid}/ns/net"))),
+        links: shared.links.clone(),
+        caps: shared.caps.clone(),
+        record: p.outputs.join("network.json"),
+        abort: shared.abort.clone(),
+    })
 }
 
 /// What [`start`] learnt about a running container.
@@ -549,11 +652,21 @@ async fn start(shared: &Shared, p: &Planned) -> Result<Started, String> {
         .create_container(Some(CreateContainerOptionsBuilder::default().name(&p.name).build()), body)
         .await
         .map_err(|e| format!("creating container {}: {}", p.name, docker_message(&e)))?;
-    // Connected before start, so the data network is eth1 (the control network is eth0).
+    // Connected before start, so the data network is eth1 (the control network is eth0). The
+    // address is static and the MAC follows it, so every container's neighbours are known before
+    // the first one starts (the MAC is Docker 20.10's own choice for that address; newer daemons,
+    // which may pick random ones, are told).
+    let endpoint = EndpointSettings {
+        ipam_config: p
+            .data_ip
+            .map(|ip| EndpointIpamConfig { ipv4_address: Some(ip.to_string()), ..Default::default() }),
+        mac_address: p.data_ip.map(|ip| format_mac(mac_for(ip))),
+        ..Default::default()
+    };
     docker
         .connect_network(
             &shared.network,
-            NetworkConnectRequest { container: p.name.clone(), endpoint_config: Some(EndpointSettings::default()) },
+            NetworkConnectRequest { container: p.name.clone(), endpoint_config: Some(endpoint) },
         )
         .await
         .map_err(|e| format!("connecting {} to {}: {}", p.name, shared.network, docker_message(&e)))?;
@@ -566,13 +679,50 @@ async fn start(shared: &Shared, p: &Planned) -> Result<Started, String> {
         .await
         .map_err(|e| format!("inspecting container {}: {}", p.name, docker_message(&e)))?;
     let pid = inspect.state.and_then(|s| s.pid).filter(|pid| *pid > 0).map(|pid| pid as u32);
-    let data_ip = inspect
-        .network_settings
-        .and_then(|n| n.networks)
-        .and_then(|n| n.get(&shared.network).cloned())
-        .and_then(|e| e.ip_address)
-        .and_then(|ip| ip.parse().ok());
+    let data = inspect.network_settings.and_then(|n| n.networks).and_then(|mut n| n.remove(&shared.network));
+    let data_ip = data.as_ref().and_then(|e| e.ip_address.as_deref()).and_then(|ip| ip.parse().ok());
+    let data_mac = data.as_ref().and_then(|e| e.mac_address.clone());
+    if let (Some(ip), Some(mac)) = (p.data_ip, &data_mac) {
+        let wanted = format_mac(mac_for(ip));
+        // The entries seeded in its peers would be wrong: ARP corrects them, after some seconds
+        // of probing.
+        if data_ip != Some(ip) || !mac.eq_ignore_ascii_case(&wanted) {
+            tracing::warn!(
+                "container {} has {} / {mac} on {} instead of {ip} / {wanted}; its peers find it by ARP",
+                p.name,
+                data_ip.map(|a| a.to_string()).unwrap_or_default(),
+                shared.network
+            );
+        }
+    }
     Ok(Started { pid, data_ip })
+}
+
+/// `02:42:10:00:00:02`.
+fn format_mac(mac: [u8; 6]) -> String {
+    mac.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":")
+}
+
+/// Gives the running container `pid` an externally learned neighbour entry on `eth1` for every
+/// other instance of the run (see [`netns::seed_neighbours`]). A failure only costs ARP (the
+/// container may also have ended already), so it is logged, not fatal.
+async fn seed_peers(shared: &Shared, p: &Planned, pid: u32) {
+    let Some(own) = p.data_ip else { return };
+    if shared.peers.is_empty() {
+        return;
+    }
+    let path = PathBuf::from(format!("/proc/{pid}/ns/net"));
+    let file = match std::fs::File::open(&path) {
+        Ok(file) => file,
+        Err(e) => {
+            tracing::warn!("{}: cannot seed its neighbours, opening {}: {e}", p.name, path.display());
+            return;
+        }
+    };
+    let peers = shared.peers.iter().copied().filter(|(ip, _)| *ip != own);
+    if let Err(e) = netns::seed_neighbours(std::os::fd::AsFd::as_fd(&file), DATA_IFNAME, peers).await {
+        tracing::warn!("{}: seeding its neighbours on {DATA_IFNAME} failed, its traffic relies on ARP: {e}", p.name);
+    }
 }
 
 /// `nofile=1048576:1048576` (soft:hard, or one value for both).
@@ -606,7 +756,7 @@ async fn instance(shared: &Shared, p: Planned) -> InstanceResult {
 
     let started = {
         let _permit = shared.starting.acquire().await;
-        if shared.cancel.is_cancelled() {
+        if shared.abort.token().is_cancelled() {
             Err(None)
         } else {
             start(shared, &p).await.map_err(Some)
@@ -617,6 +767,11 @@ async fn instance(shared: &Shared, p: Planned) -> InstanceResult {
         Err(Some(error)) => observed.start_error = Some(error),
         Ok(info) => {
             data_ip = info.data_ip;
+            if let Some(pid) = info.pid {
+                seed_peers(shared, &p, pid).await;
+            }
+            // No pid: the container has already ended, there is nothing left to shape.
+            let follower = info.pid.map(|pid| spawn_follower(shared, &p, pid));
             // The sidecar's part of the network-init handshake (compat §3.1 step 3).
             shared.service.signal_entry(&shared.network_initialized);
             let _ = shared.progress.send(RunEvent::InstanceStarted {
@@ -636,10 +791,13 @@ async fn instance(shared: &Shared, p: Planned) -> InstanceResult {
                     observed.timed_out = true;
                     let _ = docker.kill_container(&p.name, Some(KillContainerOptionsBuilder::default().signal("KILL").build())).await;
                 }
-                _ = shared.cancel.cancelled() => {
+                _ = shared.abort.token().cancelled() => {
                     observed.cancelled = true;
                     let _ = docker.stop_container(&p.name, Some(StopContainerOptionsBuilder::default().t(CANCEL_GRACE_SECS).build())).await;
                 }
+            }
+            if let Some(follower) = follower {
+                follower.abort();
             }
             if observed.lost.is_none() {
                 match docker.inspect_container(&p.name, None).await {
@@ -663,6 +821,7 @@ async fn instance(shared: &Shared, p: Planned) -> InstanceResult {
             }
         }
     }
+    shared.abort.explain(&p.hostname, &mut observed);
     if let Err(e) = std::fs::remove_dir_all(&p.temp) {
         tracing::debug!("removing {}: {e}", p.temp.display());
     }
@@ -801,12 +960,31 @@ mod tests {
     }
 
     #[test]
+    fn static_data_addresses_skip_the_network_and_gateway() {
+        let subnet: Ipv4Cidr = "16.3.0.0/16".parse().unwrap();
+        assert_eq!(data_host(subnet, 0), Some(Ipv4Addr::new(16, 3, 0, 2)));
+        assert_eq!(data_host(subnet, 300), Some(Ipv4Addr::new(16, 3, 1, 46)));
+        assert_eq!(data_host(subnet, 65531), Some(Ipv4Addr::new(16, 3, 255, 253)));
+        assert_eq!(data_host(subnet, 65532), Some(Ipv4Addr::new(16, 3, 255, 254)));
+        assert_eq!(data_host(subnet, 65533), None, "the broadcast address");
+        assert_eq!(data_host(subnet, u64::MAX), None);
+        assert_eq!(format_mac(mac_for(Ipv4Addr::new(16, 3, 0, 2))), "02:42:10:03:00:02");
+    }
+
+    #[test]
     fn exit_codes_and_signals() {
         assert_eq!(exit_from_code(0), Exit::Code(0));
         assert_eq!(exit_from_code(3), Exit::Code(3));
         assert_eq!(exit_from_code(134), Exit::Signal(6));
         assert_eq!(exit_from_code(137), Exit::Signal(9));
         assert_eq!(exit_from_code(255), Exit::Code(255));
+    }
+
+    #[test]
+    fn deny_all_keeps_the_sync_service_and_addressed_additional_hosts() {
+        let hosts = ["http-echo:192.18.5.5".to_string(), "byname".to_string(), "x:192.18.0.1".to_string()];
+        assert_eq!(kept_hosts(&hosts), [CONTROL_GATEWAY, Ipv4Addr::new(192, 18, 5, 5)]);
+        assert_eq!(kept_hosts(&[]), [CONTROL_GATEWAY]);
     }
 
     #[test]

@@ -2,7 +2,7 @@
 //! `network:<hostname>` (compat §3), done with netlink from tg-nix's own process.
 //!
 //! - [`config`]: the NetworkConfig JSON, decoded with zero defaults and validated key by key.
-//! - [`apply`]: [`Shaper`] applies a config inside one network namespace (an fd, or a path such as
+//! - [`mod@apply`]: [`Shaper`] applies a config inside one network namespace (an fd, or a path such as
 //!   `/proc/<pid>/ns/net` for a container): an HTB tree on the data link (class 1:2 for the
 //!   default shape, one class per shaped rule selected by u32 destination filters, a netem qdisc
 //!   under a class only when its shape needs one), blackhole/prohibit routes for rule filters,

@@ -2,7 +2,7 @@
 //! §2.2 and §2.3).
 //!
 //! Nothing here touches sockets or shared state. [`parse_request`] turns one websocket message
-//! into a [`Request`], and [`Response`] is the one response shape every SDK parses. [`Outgoing`] is
+//! into a [`Request`], and [`Response`] is the one response shape every SDK parses. `Outgoing` is
 //! a response waiting in a connection's queue; it is encoded only when the writer sends it.
 
 use std::borrow::Cow;
