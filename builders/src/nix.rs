@@ -2,7 +2,7 @@
 //!
 //! Plain Debian `nix-bin` 2.8, root, single-user store, full sandbox, no nixpkgs and no binary
 //! cache (docs/nix.md has the whole story and the gotchas):
-//! - [`setup`] (`tg-nix setup`) writes /etc/nix/nix.conf and imports, once per machine and home,
+//! - [`mod@setup`] (`tg-nix setup`) writes /etc/nix/nix.conf and imports, once per machine and home,
 //!   a static busybox (the builder of every derivation), the Debian C toolchain as a sysroot built
 //!   from `.deb`s checked against apt's hashes, and the rustup toolchain. Each import is keyed and
 //!   recorded in the state DB ([`state`]), so the next run reuses it in milliseconds.

@@ -60,7 +60,7 @@ pub struct Generated {
     pub deps: String,
     /// What the resolve step said that a user should know (a generated lockfile…).
     pub notes: Vec<String>,
-    /// The hash of every input of the unit (see [`fingerprint`]): the key of its build record.
+    /// The hash of every input of the unit (see `fingerprint`): the key of its build record.
     pub fingerprint: String,
     /// What the unit is made of, as tg-nix.lock pins it, with the .drv and output paths computed
     /// without Nix.
