@@ -19,6 +19,7 @@ use clap::{Args, Parser, Subcommand};
         tg-nix run --plan plans/placebo-rust --case ok --instances 3\n  \
         tg-nix build plans/ping-rust/compositions/ping-nix-versions.toml --locked\n  \
         sudo tg-nix setup && tg-nix run --plan plans/ping-rust --case ping --builder nix:rust\n  \
+        tg-nix matrix plans/ping-rust/compositions/matrix.toml --workers 4\n  \
         tg-nix describe plans/ping-rust\n  \
         tg-nix doctor\n\n\
         Exit codes: 0 every instance passed, 1 some instance failed, 2 bad input, 3 build failed,\n\
@@ -43,6 +44,10 @@ pub enum Command {
     /// Build every unit of a composition without running it, and pin the nix:* units in
     /// tg-nix.lock beside the composition. Nothing is rebuilt whose inputs did not change.
     Build(Box<BuildArgs>),
+    /// Run a composition template once per cell of a matrix file (every combination of its
+    /// dimensions): builds shared units once, runs cells in parallel, and reports unchanged cells
+    /// from the result cache without running them.
+    Matrix(Box<MatrixArgs>),
     /// Show a plan's test cases, their parameters and instance bounds, and its builders and runners.
     Describe {
         /// The plan directory (the one holding manifest.toml).
@@ -198,6 +203,39 @@ pub struct RunArgs {
     pub report_dir: Option<PathBuf>,
 }
 
+#[derive(Debug, Args)]
+pub struct MatrixArgs {
+    /// A matrix file (TOML: `template`, `[dimensions]`, `[[exclude]]`; docs/formats.md).
+    #[arg(value_name = "MATRIX")]
+    pub matrix: PathBuf,
+    /// How many cells run at the same time.
+    #[arg(long, value_name = "N", default_value_t = default_jobs())]
+    pub workers: usize,
+    /// Only the i-th of n shards (1 ≤ i ≤ n): the cells at positions i-1, i-1+n, … of the
+    /// matrix's stable order, for splitting a matrix over CI jobs.
+    #[arg(long, value_name = "I/N")]
+    pub shard: Option<String>,
+    /// Run every cell, even those with a cached result.
+    #[arg(long)]
+    pub rerun: bool,
+    /// Run the cells whose cached result failed; report cached passes from the cache.
+    #[arg(long, conflicts_with = "rerun")]
+    pub rerun_failed: bool,
+    /// Kill a cell's instances still running after this long, and fail them.
+    #[arg(long, default_value = "10m", value_parser = humantime::parse_duration)]
+    pub timeout: Duration,
+    /// How many build units to build at the same time.
+    #[arg(long, value_name = "N", default_value_t = default_jobs())]
+    pub jobs: usize,
+    /// Print the cells and their run reports as JSON on stdout (progress still goes to stderr).
+    #[arg(long)]
+    pub json: bool,
+    /// Also write the report files here (as `run --report-dir`): a run per cell, named by its
+    /// dimension values.
+    #[arg(long, value_name = "DIR")]
+    pub report_dir: Option<PathBuf>,
+}
+
 fn parse_key_value(s: &str) -> Result<(String, String), String> {
     match s.split_once('=') {
         Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
@@ -251,6 +289,17 @@ mod tests {
         assert!(matches!(cli.command, Command::Render { set, .. } if set.len() == 1));
         let cli = Cli::try_parse_from(["tg-nix", "gen", "c.toml", "--set", "n=1"]).unwrap();
         assert!(matches!(cli.command, Command::Gen { set, .. } if set.len() == 1));
+    }
+
+    #[test]
+    fn matrix_flags() {
+        let cli =
+            Cli::try_parse_from(["tg-nix", "matrix", "m.toml", "--workers", "3", "--shard", "1/2", "--rerun-failed"])
+                .unwrap();
+        let Command::Matrix(m) = cli.command else { panic!("not matrix") };
+        assert_eq!((m.workers, m.shard.as_deref(), m.rerun_failed, m.rerun), (3, Some("1/2"), true, false));
+        assert!(Cli::try_parse_from(["tg-nix", "matrix", "m.toml", "--rerun", "--rerun-failed"]).is_err());
+        assert!(Cli::try_parse_from(["tg-nix", "matrix"]).is_err());
     }
 
     #[test]

@@ -9,6 +9,7 @@ mod error;
 mod gen;
 mod home;
 mod lock;
+mod matrix;
 mod progress;
 mod render;
 mod report;
@@ -70,6 +71,11 @@ async fn dispatch(cli: Cli) -> i32 {
             let cancel = CancellationToken::new();
             tokio::spawn(interrupts(cancel.clone()));
             run::run(*args, home, cancel).await
+        }
+        Command::Matrix(args) => {
+            let cancel = CancellationToken::new();
+            tokio::spawn(interrupts(cancel.clone()));
+            matrix::run(*args, home, cancel).await
         }
         Command::Build(args) => {
             let home = home.clone();

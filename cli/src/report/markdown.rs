@@ -32,9 +32,11 @@ pub fn render(reports: &[RunReport], base: &Path) -> String {
     for r in reports {
         let _ = writeln!(
             out,
-            "### {} run `{}` · {} / {} · {} · {:.2}s\n",
+            "### {} run `{}`{} · {} / {} · {} · {:.2}s\n",
             if r.passed() { "✅" } else { "❌" },
             md(&r.run_id),
+            // A composition's [[runs]] id, or a matrix cell's values.
+            if r.composition_run == "default" { String::new() } else { format!(" {}", md(&r.composition_run)) },
             md(&r.plan),
             md(&r.case),
             md(&r.runner),

@@ -1,0 +1,240 @@
+//! `tg-nix matrix` through the real binary, with a fast matrix of placebo-rust (exec:rust,
+//! local:exec; needs root for network namespaces): every cell runs; an unchanged matrix is
+//! reported from the cache without running anything; `--rerun-failed` runs only the failed cells;
+//! a changed dimension runs only the new cells; shards split the cells exactly; bad matrix files
+//! exit 2 with nothing built, run or cached.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use serde_json::Value;
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("workspace root").to_path_buf()
+}
+
+fn is_root() -> bool {
+    // SAFETY: getuid has no preconditions.
+    unsafe { libc::getuid() == 0 }
+}
+
+/// True when the test can run. Outside CI a missing privilege is said loudly; in CI it fails.
+fn privileged(test: &str) -> bool {
+    if is_root() {
+        return true;
+    }
+    if std::env::var("CI").as_deref() == Ok("true") {
+        panic!("{test} needs root (network namespaces) and CI=true: run the suite as root");
+    }
+    eprintln!("\n!!!!! SKIPPED {test}: needs root for network namespaces; run the suite as root !!!!!\n");
+    false
+}
+
+/// A placebo-rust composition: the case and the instance count come from the cell.
+const TEMPLATE: &str = r#"
+[metadata]
+name = "placebo-matrix"
+
+[global]
+plan = "PLAN"
+case = "{{vars.case}}"
+builder = "exec:rust"
+runner = "local:exec"
+
+[[groups]]
+id = "only"
+instances = { count = {{vars.n}} }
+"#;
+
+struct Env {
+    home: tempfile::TempDir,
+    dir: tempfile::TempDir,
+}
+
+impl Env {
+    fn new() -> Env {
+        let env = Env {
+            home: tempfile::Builder::new().prefix("tg-nix-matrix-home").tempdir().expect("temp home"),
+            dir: tempfile::Builder::new().prefix("tg-nix-matrix").tempdir().expect("temp dir"),
+        };
+        let plan = repo().join("plans/placebo-rust");
+        env.write("cell.toml.hbs", &TEMPLATE.replace("PLAN", &plan.to_string_lossy()));
+        env
+    }
+
+    fn write(&self, name: &str, text: &str) -> PathBuf {
+        let path = self.dir.path().join(name);
+        std::fs::write(&path, text).expect("write");
+        path
+    }
+
+    fn matrix(&self, dimensions: &str) -> PathBuf {
+        self.write("matrix.toml", &format!("template = \"cell.toml.hbs\"\n[dimensions]\n{dimensions}"))
+    }
+
+    fn tg_nix(&self, args: &[&str]) -> Output {
+        let target = std::env::var_os("TG_NIX_TEST_PLAN_TARGET")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| repo().join("target/plans"));
+        Command::new(env!("CARGO_BIN_EXE_tg-nix"))
+            .args(args)
+            .current_dir(repo())
+            .env("TG_NIX_HOME", self.home.path())
+            .env("CARGO_TARGET_DIR", target)
+            .env_remove("RUST_LOG")
+            .output()
+            .expect("tg-nix runs")
+    }
+
+    /// `tg-nix matrix --json …`: the exit code and the document.
+    fn matrix_json(&self, matrix: &Path, extra: &[&str]) -> (i32, Value) {
+        let mut args = vec!["matrix", matrix.to_str().expect("utf-8 path"), "--json", "--timeout", "60s"];
+        args.extend_from_slice(extra);
+        let out = self.tg_nix(&args);
+        let doc: Value = serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {}\nstderr:\n{}", text(&out.stdout), text(&out.stderr)));
+        (out.status.code().unwrap_or(-1), doc)
+    }
+
+    /// How many run outputs directories the home holds.
+    fn outputs(&self) -> usize {
+        std::fs::read_dir(self.home.path().join("data/outputs/local_exec/placebo-rust")).map(|d| d.count()).unwrap_or(0)
+    }
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// Cell name → state (`ran`/`cached`) and outcome.
+fn cells(doc: &Value) -> Vec<(String, String, String)> {
+    doc["cells"]
+        .as_array()
+        .expect("cells")
+        .iter()
+        .map(|c| {
+            (
+                c["cell"].as_str().unwrap_or("?").to_string(),
+                c["state"].as_str().unwrap_or("?").to_string(),
+                c["outcome"].as_str().unwrap_or("?").to_string(),
+            )
+        })
+        .collect()
+}
+
+fn states(doc: &Value, state: &str) -> BTreeSet<String> {
+    cells(doc).into_iter().filter(|c| c.1 == state).map(|c| c.0).collect()
+}
+
+fn set(names: &[&str]) -> BTreeSet<String> {
+    names.iter().map(|s| s.to_string()).collect()
+}
+
+#[test]
+fn matrix_runs_caches_and_reruns() {
+    if !privileged("matrix_runs_caches_and_reruns") {
+        return;
+    }
+    let env = Env::new();
+    let matrix = env.matrix("case = [\"ok\", \"failure\"]\nn = [1, 2]\n");
+    let all = set(&["case=ok n=1", "case=ok n=2", "case=failure n=1", "case=failure n=2"]);
+    let failed = set(&["case=failure n=1", "case=failure n=2"]);
+
+    // First run: every cell runs; the failure cells fail.
+    let report_dir = env.dir.path().join("report");
+    let (code, doc) = env.matrix_json(&matrix, &["--workers", "2", "--report-dir", report_dir.to_str().unwrap()]);
+    assert_eq!(code, 1, "{doc}");
+    assert_eq!(states(&doc, "ran"), all, "{doc}");
+    let failing: BTreeSet<String> = cells(&doc).into_iter().filter(|c| c.2 == "failure").map(|c| c.0).collect();
+    assert_eq!(failing, failed);
+    assert_eq!(env.outputs(), 4);
+    assert_eq!(doc["runs"].as_array().map(Vec::len), Some(4));
+    let report: Value =
+        serde_json::from_str(&std::fs::read_to_string(report_dir.join("report.json")).expect("report.json")).unwrap();
+    let names: BTreeSet<String> =
+        report["runs"].as_array().unwrap().iter().map(|r| r["composition_run"].as_str().unwrap().to_string()).collect();
+    assert_eq!(names, all, "the runs are named by their cells");
+    for file in ["junit.xml", "summary.md", "index.html"] {
+        let body = std::fs::read_to_string(report_dir.join(file)).expect(file);
+        assert!(body.contains("case=failure n=2"), "{file} names the cells");
+    }
+
+    // Unchanged: everything from the cache, nothing run, same verdicts and exit code.
+    let (code, doc) = env.matrix_json(&matrix, &[]);
+    assert_eq!(code, 1, "{doc}");
+    assert_eq!(states(&doc, "cached"), all, "{doc}");
+    assert_eq!(env.outputs(), 4, "a cached cell starts nothing");
+    let failing: BTreeSet<String> = cells(&doc).into_iter().filter(|c| c.2 == "failure").map(|c| c.0).collect();
+    assert_eq!(failing, failed);
+    // The terminal table says so too.
+    let out = env.tg_nix(&["matrix", matrix.to_str().unwrap(), "--timeout", "60s"]);
+    let table = text(&out.stdout);
+    assert!(table.contains("0 ran") && table.contains("4 cached"), "{table}");
+    assert_eq!(env.outputs(), 4);
+
+    // --rerun-failed: the failed cells run again, the passes come from the cache.
+    let (code, doc) = env.matrix_json(&matrix, &["--rerun-failed"]);
+    assert_eq!(code, 1);
+    assert_eq!(states(&doc, "ran"), failed, "{doc}");
+    assert_eq!(states(&doc, "cached"), set(&["case=ok n=1", "case=ok n=2"]));
+    assert_eq!(env.outputs(), 6);
+
+    // A changed dimension value: only the new cells run.
+    let matrix = env.matrix("case = [\"ok\", \"failure\"]\nn = [1, 3]\n");
+    let (_, doc) = env.matrix_json(&matrix, &[]);
+    assert_eq!(states(&doc, "ran"), set(&["case=ok n=3", "case=failure n=3"]), "{doc}");
+    assert_eq!(states(&doc, "cached"), set(&["case=ok n=1", "case=failure n=1"]));
+    assert_eq!(env.outputs(), 8);
+
+    // Shards: every cell in exactly one of them (with --rerun, each runs).
+    let mut seen = Vec::new();
+    for shard in ["1/3", "2/3", "3/3"] {
+        let (_, doc) = env.matrix_json(&matrix, &["--shard", shard, "--rerun"]);
+        assert!(states(&doc, "cached").is_empty(), "--rerun runs every cell: {doc}");
+        seen.extend(cells(&doc).into_iter().map(|c| c.0));
+    }
+    seen.sort();
+    let mut expected: Vec<String> =
+        ["case=ok n=1", "case=ok n=3", "case=failure n=1", "case=failure n=3"].iter().map(|s| s.to_string()).collect();
+    expected.sort();
+    assert_eq!(seen, expected);
+    assert_eq!(env.outputs(), 12);
+}
+
+#[test]
+fn bad_matrices_run_nothing() {
+    let env = Env::new();
+    let cases: [(&str, &str, &str); 5] = [
+        (
+            "no cells",
+            "template = \"cell.toml.hbs\"\n[dimensions]\ncase = [\"ok\"]\nn = [1]\n[[exclude]]\ncase = \"ok\"\n",
+            "no cells",
+        ),
+        ("empty dimension", "template = \"cell.toml.hbs\"\n[dimensions]\ncase = []\nn = [1]\n", "no cells"),
+        (
+            "unknown key",
+            "template = \"cell.toml.hbs\"\nworkers = 3\n[dimensions]\ncase = [\"ok\"]\nn = [1]\n",
+            "workers",
+        ),
+        ("undefined variable", "template = \"cell.toml.hbs\"\n[dimensions]\ncase = [\"ok\"]\n", "n"),
+        (
+            "unknown exclude key",
+            "template = \"cell.toml.hbs\"\n[dimensions]\ncase = [\"ok\"]\nn = [1]\n[[exclude]]\nm = 1\n",
+            "no such dimension",
+        ),
+    ];
+    for (what, body, needle) in cases {
+        let matrix = env.write("bad.toml", body);
+        let out = env.tg_nix(&["matrix", matrix.to_str().unwrap()]);
+        let stderr = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{what}: {stderr}");
+        assert!(stderr.contains("error:") && stderr.contains(needle), "{what}: {stderr}");
+        assert!(out.stdout.is_empty(), "{what}: {}", text(&out.stdout));
+    }
+    let out = env.tg_nix(&["matrix", env.matrix("case = [\"ok\"]\nn = [1]\n").to_str().unwrap(), "--shard", "3/2"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    for sub in ["data/outputs", "data/work", "data/state"] {
+        assert!(!env.home.path().join(sub).exists(), "{sub} exists: something was built, run or cached");
+    }
+}
