@@ -110,10 +110,50 @@ pub enum Command {
     },
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell) to stdout.
     Completions { shell: clap_complete::Shell },
+    /// The run history: every run (and matrix cell) recorded when it ended.
+    Runs {
+        #[command(subcommand)]
+        command: RunsCommand,
+    },
+    /// Pack a run's outputs into <run_id>.tgz, laid out as `testground collect` does
+    /// (`<run_id>/<group>/<instance>/<file>`).
+    Outputs {
+        /// The run id (`tg-nix runs list` shows them), or a unique start of one.
+        id: String,
+        /// Where to write the archive [default: ./<run_id>.tgz].
+        #[arg(short = 'o', long, value_name = "FILE")]
+        output: Option<PathBuf>,
+    },
     /// Remove every container and network that local:docker runs left behind (found by the label
     /// `tg-nix.run`), e.g. after tg-nix was killed with SIGKILL.
     Terminate {
         /// Print JSON instead of a line.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// `tg-nix runs …`.
+#[derive(Debug, Subcommand)]
+pub enum RunsCommand {
+    /// The recorded runs, newest first.
+    List {
+        /// Only the runs of this plan (its manifest name).
+        #[arg(long)]
+        plan: Option<String>,
+        /// At most this many runs; 0 lists every run.
+        #[arg(long, default_value_t = 20)]
+        limit: usize,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// One run: its record, then from its result.json each group's pass count and every failing
+    /// instance with its reason.
+    Show {
+        /// The run id, or a unique start of one.
+        id: String,
+        /// Print JSON (`{"run": record, "result": result.json}`) instead of text.
         #[arg(long)]
         json: bool,
     },
@@ -234,6 +274,16 @@ pub struct MatrixArgs {
     /// dimension values.
     #[arg(long, value_name = "DIR")]
     pub report_dir: Option<PathBuf>,
+    /// Run a failed cell again up to N times; a cell that passes on a retry is `flaky`.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub retries: u32,
+    /// Fail the matrix (exit 1) when a cell is flaky; by default flaky cells do not fail it.
+    #[arg(long)]
+    pub fail_on_flaky: bool,
+    /// A known-failures file (TOML, docs/formats.md): failing cells matching an unexpired entry
+    /// are `known-failure` and do not fail the matrix.
+    #[arg(long, value_name = "FILE")]
+    pub known_failures: Option<PathBuf>,
 }
 
 fn parse_key_value(s: &str) -> Result<(String, String), String> {

@@ -7,6 +7,7 @@ mod build;
 mod doctor;
 mod error;
 mod gen;
+mod history;
 mod home;
 mod lock;
 mod matrix;
@@ -22,7 +23,7 @@ use std::io::Write as _;
 use clap::{CommandFactory, Parser};
 use tokio_util::sync::CancellationToken;
 
-use args::{Cli, Command};
+use args::{Cli, Command, RunsCommand};
 use error::{exit, CliError};
 use home::Home;
 
@@ -117,6 +118,22 @@ async fn dispatch(cli: Cli) -> i32 {
                 }
             }
             Ok(exit::OK)
+        }
+        Command::Runs { command } => {
+            let home = home.clone();
+            // The state DB open may wait for another tg-nix process: off the async workers.
+            tokio::task::spawn_blocking(move || match command {
+                RunsCommand::List { plan, limit, json } => history::list(&home, plan.as_deref(), limit, json),
+                RunsCommand::Show { id, json } => history::show(&home, &id, json),
+            })
+            .await
+            .unwrap_or_else(|e| Err(CliError::infra(format!("runs task failed: {e}"))))
+        }
+        Command::Outputs { id, output } => {
+            let home = home.clone();
+            tokio::task::spawn_blocking(move || history::outputs(&home, &id, output))
+                .await
+                .unwrap_or_else(|e| Err(CliError::infra(format!("outputs task failed: {e}"))))
         }
         Command::Terminate { json } => run_docker::terminate(json).await,
         Command::Completions { shell } => {

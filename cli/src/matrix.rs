@@ -7,6 +7,14 @@
 //! rendered composition, the plan directory, every group's program (a nix:* unit's output path; an
 //! exec:* program's path, size and modification time), the runner and its run_config, the timeout
 //! and the isolation. The value is the cell's run reports as JSON, and when they were made.
+//!
+//! Flakiness: with `--retries N` a failed cell runs again up to N times; one that passes on a retry
+//! is `flaky` (cached as such, with every attempt's summary). A known-failures file
+//! (`--known-failures`, [`known`]) turns a failing cell matching an unexpired entry into a
+//! `known-failure` and flags a passing one as `fixed?`; it is applied when reporting, so editing it
+//! needs no re-run.
+
+mod known;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -27,7 +35,7 @@ use crate::args::MatrixArgs;
 use crate::build::build_all;
 use crate::error::{exit, CliError};
 use crate::home::Home;
-use crate::report::{self, GroupSummary, RunReport};
+use crate::report::{self, CellMark, GroupSummary, RunReport};
 use crate::run::{new_run_id, prepare, print_progress, RunPlan, Target};
 
 /// The prefix of a cell's record in the state DB.
@@ -65,20 +73,61 @@ struct Cell {
 struct CachedCell {
     cell: String,
     at: String,
+    /// `success`, `failure`, or `flaky` (failed, then passed on a retry).
     outcome: String,
+    /// The reports of the last attempt.
     runs: Vec<serde_json::Value>,
+    /// Every attempt, in order (absent in records made before retries existed).
+    #[serde(default)]
+    attempts: Vec<Attempt>,
+}
+
+/// One attempt at a cell: its outcome and a line per run.
+#[derive(Clone, Serialize, Deserialize)]
+struct Attempt {
+    outcome: String,
+    summary: String,
+    run_ids: Vec<String>,
+}
+
+impl Attempt {
+    fn of(reports: &[RunReport]) -> Attempt {
+        let passed = !reports.is_empty() && reports.iter().all(RunReport::passed);
+        Attempt {
+            outcome: if passed { "success" } else { "failure" }.to_string(),
+            summary: reports.iter().map(report::summary_line).collect::<Vec<_>>().join("; "),
+            run_ids: reports.iter().map(|r| r.run_id.clone()).collect(),
+        }
+    }
 }
 
 /// A cell's result, as reported.
 struct CellResult {
     state: &'static str,
+    /// The last attempt's reports.
     reports: Vec<RunReport>,
+    attempts: Vec<Attempt>,
     seconds: f64,
 }
 
 impl CellResult {
     fn passed(&self) -> bool {
         !self.reports.is_empty() && self.reports.iter().all(RunReport::passed)
+    }
+
+    /// Passed on a retry after failing.
+    fn flaky(&self) -> bool {
+        self.passed() && self.attempts.iter().any(|a| a.outcome != "success")
+    }
+
+    fn outcome(&self) -> &'static str {
+        if self.flaky() {
+            "flaky"
+        } else if self.passed() {
+            "success"
+        } else {
+            "failure"
+        }
     }
 }
 
@@ -322,6 +371,7 @@ fn from_stored(value: &serde_json::Value) -> Option<RunReport> {
         duration_secs: s.duration_secs,
         started_at: s.started_at,
         outputs_dir: s.outputs_dir,
+        cell: None,
     })
 }
 
@@ -381,6 +431,7 @@ async fn run_cell(
         let name = if single { cell.name.clone() } else { format!("{} · {}", cell.name, run.id) };
         let report = RunReport::new(&plan, &name, &outcome, &outputs_dir, cancel.is_cancelled());
         report::write_result_file(&report, &outputs_dir);
+        crate::history::record(&report, Some(&args.matrix));
         reports.push(report);
     }
     Ok(reports)
@@ -391,6 +442,13 @@ pub async fn run(args: MatrixArgs, home: Home, cancel: CancellationToken) -> Res
     let started = Instant::now();
     let shard = args.shard.as_deref().map(parse_shard).transpose()?;
     let (template, template_text, all_values) = load(&args.matrix)?;
+    let known = match &args.known_failures {
+        Some(path) => {
+            let dimensions: Vec<String> = all_values.first().map(|v| v.keys().cloned().collect()).unwrap_or_default();
+            Some(known::load(path, &dimensions)?)
+        }
+        None => None,
+    };
     let total = all_values.len();
     let values: Vec<_> = match shard {
         Some((i, n)) => all_values.into_iter().enumerate().filter(|(p, _)| p % n == i - 1).map(|(_, v)| v).collect(),
@@ -470,7 +528,8 @@ pub async fn run(args: MatrixArgs, home: Home, cancel: CancellationToken) -> Res
                 continue;
             }
             let seconds = reports.iter().map(|r| r.duration_secs).sum();
-            results[i] = Some(CellResult { state: "cached", reports, seconds });
+            let attempts = if cached.attempts.is_empty() { vec![Attempt::of(&reports)] } else { cached.attempts };
+            results[i] = Some(CellResult { state: "cached", reports, attempts, seconds });
         }
     }
     let todo: Vec<usize> = (0..cells.len()).filter(|&i| results[i].is_none()).collect();
@@ -512,20 +571,40 @@ pub async fn run(args: MatrixArgs, home: Home, cancel: CancellationToken) -> Res
             let cell = &cells[i];
             eprintln!("cell   {}: running", cell.name);
             let t = Instant::now();
-            let reports = match run_cell(cell, &cell_programs[i], &args, &isolation, &home, &cancel).await {
-                Ok(r) => r,
-                Err(e) => return (i, Err(e)),
+            // The first attempt, then up to --retries more while the cell fails.
+            let mut attempts = Vec::new();
+            let reports = loop {
+                let reports = match run_cell(cell, &cell_programs[i], &args, &isolation, &home, &cancel).await {
+                    Ok(r) => r,
+                    Err(e) => return (i, Err(e)),
+                };
+                let attempt = Attempt::of(&reports);
+                let done = attempt.outcome == "success"
+                    || cancel.is_cancelled()
+                    || attempts.len() >= args.retries as usize
+                    || reports.len() != cell.prepared.runs.len();
+                attempts.push(attempt);
+                if done {
+                    break reports;
+                }
+                eprintln!("cell   {}: FAIL on attempt {}, retrying", cell.name, attempts.len());
             };
             let seconds = t.elapsed().as_secs_f64();
-            let result = CellResult { state: "ran", reports, seconds };
+            let result = CellResult { state: "ran", reports, attempts, seconds };
             let complete = !cancel.is_cancelled() && result.reports.len() == cell.prepared.runs.len();
-            eprintln!("cell   {}: {} in {seconds:.2}s", cell.name, if result.passed() { "PASS" } else { "FAIL" });
+            let word = match result.outcome() {
+                "flaky" => "FLAKY (passed on a retry)",
+                "success" => "PASS",
+                _ => "FAIL",
+            };
+            eprintln!("cell   {}: {word} in {seconds:.2}s", cell.name);
             if complete {
                 let record = CachedCell {
                     cell: cell.name.clone(),
                     at: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
-                    outcome: if result.passed() { "success" } else { "failure" }.to_string(),
+                    outcome: result.outcome().to_string(),
                     runs: result.reports.iter().filter_map(|r| serde_json::to_value(r).ok()).collect(),
+                    attempts: result.attempts.clone(),
                 };
                 let stored = tokio::task::spawn_blocking(move || {
                     let _guard = db_lock.lock().unwrap_or_else(|e| e.into_inner());
@@ -557,11 +636,46 @@ pub async fn run(args: MatrixArgs, home: Home, cancel: CancellationToken) -> Res
         return Err(e);
     }
 
-    // Report.
+    // Report: each cell's verdict, from its outcome and the known-failures file.
+    let today = known::today();
     let mut rows = Vec::new();
     let mut all_reports = Vec::new();
+    let mut verdicts: BTreeMap<&'static str, usize> = BTreeMap::new();
     for (i, cell) in cells.iter().enumerate() {
         let Some(result) = &results[i] else { continue };
+        let entry = known.as_ref().and_then(|k| k.find(&cell.values, &today));
+        let live = entry.filter(|e| !e.expired(&today));
+        let verdict: &'static str = match (result.outcome(), live) {
+            ("flaky", _) => "flaky",
+            ("success", Some(_)) => "fixed?",
+            ("success", None) => "pass",
+            (_, Some(_)) => "known-failure",
+            (_, None) => "fail",
+        };
+        *verdicts.entry(verdict).or_default() += 1;
+        let kf_path = args.known_failures.as_deref().unwrap_or(Path::new(""));
+        let mut notes = Vec::new();
+        if result.attempts.len() > 1 {
+            let tried: Vec<String> = result
+                .attempts
+                .iter()
+                .enumerate()
+                .map(|(n, a)| format!("attempt {}: {} ({})", n + 1, a.summary, a.run_ids.join(", ")))
+                .collect();
+            notes.push(tried.join("; "));
+        }
+        if let Some(e) = entry {
+            let place = e.place(kf_path);
+            notes.push(match verdict {
+                "known-failure" => format!("{} (until {}, {place})", e.reason, e.until),
+                "fixed?" => {
+                    format!("passed, but {place} lists it as a known failure ({}): remove the entry?", e.reason)
+                }
+                _ if e.expired(&today) => format!("{place}: the known failure ({}) expired on {}", e.reason, e.until),
+                _ => format!("{place} lists it as a known failure ({})", e.reason),
+            });
+        }
+        let note = notes.join(" — ");
         for r in &result.reports {
             let mut r = r.clone();
             r.composition_run = if result.state == "cached" {
@@ -569,21 +683,55 @@ pub async fn run(args: MatrixArgs, home: Home, cancel: CancellationToken) -> Res
             } else {
                 r.composition_run.clone()
             };
+            r.cell =
+                Some(CellMark { verdict: verdict.to_string(), state: result.state.to_string(), note: note.clone() });
             all_reports.push(r);
         }
+        let known_failure = entry.map(|e| {
+            serde_json::json!({
+                "file": kf_path,
+                "entry": e.index,
+                "line": e.line,
+                "reason": e.reason,
+                "until": e.until,
+                "expired": e.expired(&today),
+            })
+        });
         rows.push(serde_json::json!({
             "cell": cell.name,
             "values": cell.values,
             "state": result.state,
-            "outcome": if result.passed() { "success" } else { "failure" },
+            "outcome": result.outcome(),
+            "verdict": verdict,
+            "note": note,
+            "attempts": result.attempts,
+            "known_failure": known_failure,
             "duration_secs": (result.seconds * 1000.0).round() / 1000.0,
             "key": keys[i],
             "run_ids": result.reports.iter().map(|r| r.run_id.clone()).collect::<Vec<_>>(),
         }));
     }
+    let expired: Vec<serde_json::Value> = known
+        .iter()
+        .flat_map(|k| &k.entries)
+        .filter(|e| e.expired(&today))
+        .map(|e| {
+            eprintln!(
+                "warning: {}: known-failure[{}] expired on {} and no longer applies ({})",
+                e.place(&known.as_ref().map(|k| k.path.clone()).unwrap_or_default()),
+                e.index,
+                e.until,
+                e.reason
+            );
+            serde_json::json!({ "entry": e.index, "line": e.line, "until": e.until, "reason": e.reason })
+        })
+        .collect();
+    let count = |v: &str| verdicts.get(v).copied().unwrap_or(0);
     let passed = results.iter().flatten().filter(|r| r.passed()).count();
     let cached = results.iter().flatten().filter(|r| r.state == "cached").count();
     let reported = results.iter().flatten().count();
+    let failed = count("fail") + if args.fail_on_flaky { count("flaky") } else { 0 };
+    let ok = failed == 0 && reported == cells.len();
     let elapsed = started.elapsed().as_secs_f64();
     if args.json {
         let doc = serde_json::json!({
@@ -591,24 +739,34 @@ pub async fn run(args: MatrixArgs, home: Home, cancel: CancellationToken) -> Res
             "cells": rows,
             "runs": all_reports,
             "total_cells": total,
+            "verdicts": verdicts,
+            "known_failures": args.known_failures.as_ref().map(|f| serde_json::json!({ "file": f, "expired": expired })),
             "seconds": (elapsed * 1000.0).round() / 1000.0,
         });
         println!("{}", serde_json::to_string_pretty(&doc).unwrap_or_default());
     } else {
         let width = cells.iter().map(|c| c.name.len()).max().unwrap_or(4).max(4);
-        println!("\n{:<width$}  {:<7} {:<6} {:>9}", "cell", "verdict", "state", "duration");
+        println!("\n{:<width$}  {:<13} {:<6} {:>9}", "cell", "verdict", "state", "duration");
         for row in &rows {
             println!(
-                "{:<width$}  {:<7} {:<6} {:>8.2}s",
+                "{:<width$}  {:<13} {:<6} {:>8.2}s",
                 row["cell"].as_str().unwrap_or(""),
-                if row["outcome"] == "success" { "PASS" } else { "FAIL" },
+                row["verdict"].as_str().unwrap_or("").to_uppercase(),
                 row["state"].as_str().unwrap_or(""),
                 row["duration_secs"].as_f64().unwrap_or(0.0)
             );
+            if let Some(note) = row["note"].as_str().filter(|n| !n.is_empty()) {
+                println!("{:<width$}    {note}", "");
+            }
         }
+        let extra: String = [("flaky", "flaky"), ("known-failure", "known failure"), ("fixed?", "fixed?")]
+            .iter()
+            .filter(|(v, _)| count(v) > 0)
+            .map(|(v, word)| format!(", {} {word}", count(v)))
+            .collect();
         println!(
-            "{} {passed}/{reported} cells passed ({cached} cached, {} ran) in {elapsed:.2}s",
-            if passed == reported && reported == cells.len() { "PASS" } else { "FAIL" },
+            "{} {passed}/{reported} cells passed ({cached} cached, {} ran{extra}) in {elapsed:.2}s",
+            if ok { "PASS" } else { "FAIL" },
             reported - cached
         );
     }
@@ -623,7 +781,7 @@ pub async fn run(args: MatrixArgs, home: Home, cancel: CancellationToken) -> Res
     }
     Ok(if cancel.is_cancelled() {
         exit::INTERRUPTED
-    } else if passed == cells.len() {
+    } else if ok {
         exit::OK
     } else {
         exit::TESTS_FAILED

@@ -44,6 +44,28 @@ pub struct RunReport {
     /// When the run started, RFC 3339 in UTC to the second (`2024-05-01T12:00:00Z`).
     pub started_at: String,
     pub outputs_dir: PathBuf,
+    /// Set by `tg-nix matrix` only: how the matrix judged the cell this run belongs to.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cell: Option<CellMark>,
+}
+
+/// How a matrix judged a cell, beyond its last run's own outcome (docs/cli.md, `matrix`).
+#[derive(Debug, Clone, Serialize)]
+pub struct CellMark {
+    /// `pass`, `fail`, `flaky` (failed, then passed on a retry), `known-failure` (failed, matches
+    /// an unexpired known-failures entry) or `fixed?` (passed, but matches such an entry).
+    pub verdict: String,
+    /// `ran` or `cached`.
+    pub state: String,
+    /// For readers: the attempts of a flaky cell, a known failure's reason, an expired entry.
+    pub note: String,
+}
+
+impl CellMark {
+    /// The verdict as an HTML class suffix (letters and dashes only).
+    pub fn class(&self) -> String {
+        self.verdict.chars().filter(|c| c.is_ascii_alphanumeric() || *c == '-').collect()
+    }
 }
 
 impl RunReport {
@@ -86,11 +108,17 @@ impl RunReport {
             )
             .to_string(),
             outputs_dir: outputs_dir.to_path_buf(),
+            cell: None,
         }
     }
 
     pub fn passed(&self) -> bool {
         self.outcome == "success"
+    }
+
+    /// Passed, or failed as a known failure of a matrix (which does not fail the whole).
+    pub fn accepted(&self) -> bool {
+        self.passed() || self.cell.as_ref().is_some_and(|c| c.verdict == "known-failure")
     }
 }
 
@@ -276,6 +304,7 @@ pub(crate) mod tests {
             duration_secs: 4.5,
             started_at: "2024-05-01T12:00:00Z".into(),
             outputs_dir: PathBuf::from("/tmp/out/run1"),
+            cell: None,
         }
     }
 

@@ -244,7 +244,8 @@ pub async fn run(args: RunArgs, home: Home, cancel: CancellationToken) -> Result
     Ok(finish(&reports, &args, &cancel))
 }
 
-/// A finished run's report: written as result.json into its outputs, printed unless `json`.
+/// A finished run's report: written as result.json into its outputs, recorded in the history
+/// (`tg-nix runs`), printed unless `json`.
 pub(crate) fn record_run(
     plan: &RunPlan,
     run_id: &str,
@@ -255,6 +256,7 @@ pub(crate) fn record_run(
 ) -> RunReport {
     let report = RunReport::new(plan, run_id, outcome, outputs_dir, cancel.is_cancelled());
     report::write_result_file(&report, outputs_dir);
+    crate::history::record(&report, plan.target.composition.as_deref());
     if !json {
         print!("{}", report::render_terminal(&report));
     }

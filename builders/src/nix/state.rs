@@ -1,5 +1,6 @@
 //! tg-nix's state DB (sled, under `<home>/data/state`): what `tg-nix setup` imported, and the
-//! resolve and vendor caches of the nix:* builders. Values are JSON.
+//! resolve and vendor caches of the nix:* builders, the matrix result cache, and the run history
+//! (`run/<run_id>`, cli/src/history.rs). Values are JSON.
 //!
 //! sled allows one process at a time (an exclusive file lock taken at open). Builds take minutes
 //! and several tg-nix processes may run at once (two terminals, a parallel test suite), so the DB
@@ -67,6 +68,21 @@ impl State {
         Ok(())
     }
 
+    /// Every record whose key starts with `prefix`, in key order (byte order), as `(key, value)`.
+    /// Records that no longer parse as `T` are left out (with a warning), as `get` does.
+    pub fn scan_prefix<T: DeserializeOwned>(&self, prefix: &str) -> Result<Vec<(String, T)>, BuildError> {
+        let mut out = Vec::new();
+        for entry in self.db.scan_prefix(prefix.as_bytes()) {
+            let (key, bytes) = entry.map_err(|e| self.error(format!("reading {prefix}*: {e}")))?;
+            let key = String::from_utf8_lossy(&key).into_owned();
+            match serde_json::from_slice(&bytes) {
+                Ok(v) => out.push((key, v)),
+                Err(e) => tracing::warn!(key, error = %e, "state DB: ignoring a record that no longer parses"),
+            }
+        }
+        Ok(out)
+    }
+
     fn error(&self, message: String) -> BuildError {
         BuildError::State { path: self.path.display().to_string(), message }
     }
@@ -95,5 +111,19 @@ mod tests {
         assert!(started.elapsed() < Duration::from_secs(5));
         assert_eq!(state.get::<String>("k").as_deref(), Some("v"));
         assert_eq!(state.get::<u32>("k"), None, "a record of another shape counts as missing");
+    }
+
+    #[test]
+    fn scan_prefix_in_key_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = State::open(dir.path()).unwrap();
+        for (k, v) in [("run/b", 2u32), ("run/a", 1), ("runx", 9), ("ru", 8), ("run/c", 3)] {
+            state.put(k, &v).unwrap();
+        }
+        state.put("run/bad", &"not a number").unwrap();
+        let found: Vec<(String, u32)> = state.scan_prefix("run/").unwrap();
+        assert_eq!(found, vec![("run/a".into(), 1), ("run/b".into(), 2), ("run/c".into(), 3)]);
+        assert!(state.scan_prefix::<u32>("nothing/").unwrap().is_empty());
+        assert_eq!(state.scan_prefix::<u32>("").unwrap().len(), 5, "an empty prefix is every key that parses");
     }
 }

@@ -3,8 +3,9 @@
 //! (verdict, reason, stderr tail, links to the instance's files relative to the report).
 //!
 //! Every plan-provided string is escaped; ids and classes are built only from indexes and verdict
-//! labels, never from group ids. A matrix adds `flaky`, `cached` and `known-failure` classes (the
-//! stylesheet already has them).
+//! labels, never from group ids. A matrix cell's section has `v-flaky`, `v-known-failure`,
+//! `v-fixed` (a `fixed?` cell) and `v-cached` classes, `data-cell-verdict`/`data-cell-state`, and
+//! a `cell-mark` line with the verdict and its note.
 
 use std::fmt::Write as _;
 use std::path::Path;
@@ -33,6 +34,8 @@ a.cell { display: inline-block; min-width: 1.6rem; height: 1.6rem; margin: 1px; 
 .v-aborted, .v-cancelled { background: var(--skip); color: #1f2328; }
 .v-flaky { background: repeating-linear-gradient(45deg, var(--pass), var(--pass) 4px, var(--timeout) 4px, var(--timeout) 8px); }
 .v-cached { outline: 2px dashed #0969da; }
+.v-fixed { background: repeating-linear-gradient(45deg, var(--pass), var(--pass) 4px, #0969da 4px, #0969da 8px); }
+section.run.v-flaky, section.run.v-known-failure, section.run.v-fixed, section.run.v-cached { background: none; outline: none; }
 .v-known-failure { background: repeating-linear-gradient(45deg, var(--fail), var(--fail) 4px, var(--skip) 4px, var(--skip) 8px); }
 .legend span { display: inline-block; padding: 0 .4rem; margin-right: .3rem; border-radius: 3px; color: #fff; font-size: 12px; }
 details.instance { border-left: 4px solid var(--skip); margin: .4rem 0; padding: .2rem .6rem; }
@@ -51,7 +54,7 @@ pre { background: #f6f8fa; padding: .5rem; overflow-x: auto; max-height: 24rem; 
 pub fn render(reports: &[RunReport], base: &Path) -> String {
     let total: usize = reports.iter().map(|r| r.instances.len()).sum();
     let passed: usize = reports.iter().flat_map(|r| &r.instances).filter(|i| i.verdict.is_pass()).count();
-    let all_pass = !reports.is_empty() && reports.iter().all(|r| r.passed());
+    let all_pass = !reports.is_empty() && reports.iter().all(|r| r.accepted());
     let (class, word) = if all_pass { ("pass", "PASS") } else { ("fail", "FAIL") };
     let mut out = String::new();
     let _ = write!(
@@ -77,6 +80,10 @@ pub fn render(reports: &[RunReport], base: &Path) -> String {
         "network-config",
         "aborted",
         "cancelled",
+        "flaky",
+        "known-failure",
+        "fixed",
+        "cached",
     ] {
         let _ = write!(out, "<span class=\"v-{label}\">{label}</span>");
     }
@@ -89,14 +96,31 @@ pub fn render(reports: &[RunReport], base: &Path) -> String {
 }
 
 fn render_run(out: &mut String, n: usize, r: &RunReport, base: &Path) {
+    // A matrix cell: its verdict (and `cached`) as classes and data attributes, and its note.
+    let (classes, data) = match &r.cell {
+        Some(c) => (
+            format!(" v-{}{}", c.class(), if c.state == "cached" { " v-cached" } else { "" }),
+            format!(" data-cell-verdict=\"{}\" data-cell-state=\"{}\"", esc(&c.verdict), esc(&c.state)),
+        ),
+        None => (String::new(), String::new()),
+    };
     let _ = writeln!(
         out,
-        "<section class=\"run\" id=\"run-{n}\" data-run-id=\"{}\" data-outcome=\"{}\">\n<h2>run {} · {}</h2>",
+        "<section class=\"run{classes}\" id=\"run-{n}\" data-run-id=\"{}\" data-outcome=\"{}\"{data}>\n<h2>run {} · {}</h2>",
         esc(&r.run_id),
         esc(&r.outcome),
         esc(&r.run_id),
         esc(&summary_line(r))
     );
+    if let Some(c) = &r.cell {
+        let _ = writeln!(
+            out,
+            "<p class=\"cell-mark\"><span class=\"cell-verdict v-{}\">{}</span> {}</p>",
+            c.class(),
+            esc(&c.verdict),
+            esc(&c.note)
+        );
+    }
     out.push_str("<table class=\"meta\">\n");
     let duration = format!("{:.2}s", r.duration_secs);
     let outputs = r.outputs_dir.to_string_lossy();

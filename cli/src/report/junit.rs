@@ -2,6 +2,12 @@
 //! `<testsuite>` per run, one `<testcase>` per instance (classname = group, name = `group[i]`).
 //! The document follows the Jenkins/Ant JUnit schema (tests/fixtures/junit.xsd holds the structure
 //! it is validated against): element order, required attributes, timestamps without a zone.
+//!
+//! Matrix cells: a `flaky` cell's run is its passing attempt, so its testcases pass; the testsuite
+//! says it was flaky in `cell_verdict`/`cell_note` properties and in `<system-out>` (the Jenkins
+//! schema has no flaky element, and CI systems read a passing testcase as green). A
+//! `known-failure` cell's failing testcases are `<skipped>` with the known failure's reason, so CI
+//! systems do not count them as failures but still show them.
 
 use std::fmt::Write as _;
 
@@ -48,10 +54,20 @@ struct Counts {
     skipped: usize,
 }
 
+/// A verdict's kind within this run: a known failure's failures and errors are skipped.
+fn kind_in(r: &RunReport, v: &Verdict) -> JunitKind {
+    match kind(v) {
+        JunitKind::Failure | JunitKind::Error if r.cell.as_ref().is_some_and(|c| c.verdict == "known-failure") => {
+            JunitKind::Skipped
+        }
+        k => k,
+    }
+}
+
 fn counts(r: &RunReport) -> Counts {
     let mut c = Counts { tests: r.instances.len(), ..Counts::default() };
     for i in &r.instances {
-        match kind(&i.verdict) {
+        match kind_in(r, &i.verdict) {
             JunitKind::Pass => {}
             JunitKind::Failure => c.failures += 1,
             JunitKind::Error => c.errors += 1,
@@ -107,6 +123,13 @@ pub fn render(reports: &[RunReport]) -> String {
         ] {
             let _ = writeln!(out, "      <property name=\"{name}\" value=\"{}\"/>", xml(value));
         }
+        if let Some(cell) = &r.cell {
+            for (name, value) in
+                [("cell_verdict", &cell.verdict), ("cell_state", &cell.state), ("cell_note", &cell.note)]
+            {
+                let _ = writeln!(out, "      <property name=\"{name}\" value=\"{}\"/>", xml(value));
+            }
+        }
         out.push_str("    </properties>\n");
         for i in &r.instances {
             let _ = write!(
@@ -116,7 +139,7 @@ pub fn render(reports: &[RunReport]) -> String {
                 xml(&i.group),
                 i.duration.as_secs_f64()
             );
-            let element = match kind(&i.verdict) {
+            let element = match kind_in(r, &i.verdict) {
                 JunitKind::Pass => None,
                 JunitKind::Failure => Some("failure"),
                 JunitKind::Error => Some("error"),
@@ -127,12 +150,25 @@ pub fn render(reports: &[RunReport]) -> String {
                 continue;
             }
             out.push_str(">\n");
-            if let Some(element) = element {
+            let known = r.cell.as_ref().filter(|c| c.verdict == "known-failure");
+            if let (Some("skipped"), Some(cell)) = (element, known) {
                 let _ = writeln!(
                     out,
-                    "      <{element} message=\"{}\" type=\"{}\">{}: {}&#10;host {} · outputs {}</{element}>",
-                    xml(&i.verdict.reason()),
+                    "      <skipped message=\"{}\">{}: {}&#10;host {} · outputs {}</skipped>",
+                    xml(&format!("known failure: {}", cell.note)),
                     i.verdict.label(),
+                    xml(&i.verdict.reason()),
+                    xml(&i.hostname),
+                    xml(&i.outputs_dir.to_string_lossy())
+                );
+            } else if let Some(element) = element {
+                // `skipped` has no `type` attribute in the schema CI systems read.
+                let kind =
+                    if element == "skipped" { String::new() } else { format!(" type=\"{}\"", i.verdict.label()) };
+                let _ = writeln!(
+                    out,
+                    "      <{element} message=\"{}\"{kind}>{}: {}&#10;host {} · outputs {}</{element}>",
+                    xml(&i.verdict.reason()),
                     i.verdict.label(),
                     xml(&i.verdict.reason()),
                     xml(&i.hostname),
@@ -144,7 +180,17 @@ pub fn render(reports: &[RunReport]) -> String {
             }
             out.push_str("    </testcase>\n");
         }
-        let _ = writeln!(out, "    <system-out>{}</system-out>", xml(&super::summary_line(r)));
+        let mut system_out = super::summary_line(r);
+        if let Some(cell) = &r.cell {
+            let _ = write!(
+                system_out,
+                "\ncell: {} ({}){}",
+                cell.verdict,
+                cell.state,
+                if cell.note.is_empty() { String::new() } else { format!(": {}", cell.note) }
+            );
+        }
+        let _ = writeln!(out, "    <system-out>{}</system-out>", xml(&system_out));
         out.push_str("  </testsuite>\n");
     }
     out.push_str("</testsuites>\n");
@@ -178,7 +224,11 @@ mod tests {
                 assert!(!case.contains("<failure") && !case.contains("<error"), "{case}");
             } else {
                 assert!(case.contains(&format!("message=\"{}\"", escape::xml(&i.verdict.reason()))), "{case}");
-                assert!(case.contains(&format!("type=\"{}\"", i.verdict.label())), "{case}");
+                // The label is the element's text; `type` only where the schema allows it.
+                assert!(case.contains(&format!(">{}: ", i.verdict.label())), "{case}");
+                if kind(&i.verdict) != JunitKind::Skipped {
+                    assert!(case.contains(&format!("type=\"{}\"", i.verdict.label())), "{case}");
+                }
             }
         }
         let failures = r.instances.iter().filter(|i| kind(&i.verdict) == JunitKind::Failure).count();

@@ -16,7 +16,7 @@ pub fn render(reports: &[RunReport], base: &Path) -> String {
     let passed: usize = reports.iter().flat_map(|r| &r.instances).filter(|i| i.verdict.is_pass()).count();
     let word = if reports.iter().any(|r| r.outcome == "canceled") {
         "CANCELED"
-    } else if !reports.is_empty() && reports.iter().all(|r| r.passed()) {
+    } else if !reports.is_empty() && reports.iter().all(|r| r.accepted()) {
         "PASS"
     } else {
         "FAIL"
@@ -30,10 +30,17 @@ pub fn render(reports: &[RunReport], base: &Path) -> String {
         if reports.len() == 1 { "" } else { "s" }
     );
     for r in reports {
+        let mark = match r.cell.as_ref().map(|c| c.verdict.as_str()) {
+            Some("flaky") => "⚠️ flaky",
+            Some("known-failure") => "🟡 known failure",
+            Some("fixed?") => "❔ fixed?",
+            _ if r.passed() => "✅",
+            _ => "❌",
+        };
         let _ = writeln!(
             out,
             "### {} run `{}`{} · {} / {} · {} · {:.2}s\n",
-            if r.passed() { "✅" } else { "❌" },
+            mark,
             md(&r.run_id),
             // A composition's [[runs]] id, or a matrix cell's values.
             if r.composition_run == "default" { String::new() } else { format!(" {}", md(&r.composition_run)) },
@@ -43,6 +50,15 @@ pub fn render(reports: &[RunReport], base: &Path) -> String {
             r.duration_secs
         );
         let _ = writeln!(out, "{}\n", md(&summary_line(r)));
+        if let Some(cell) = r.cell.as_ref().filter(|c| !c.note.is_empty() || c.state == "cached") {
+            let _ = writeln!(
+                out,
+                "> cell: **{}** ({}){}\n",
+                md(&cell.verdict),
+                md(&cell.state),
+                if cell.note.is_empty() { String::new() } else { format!(" — {}", md(&cell.note)) }
+            );
+        }
         out.push_str("| group | passed | result | failures |\n|---|---:|---|---|\n");
         for (id, g) in &r.groups {
             let mut failures: BTreeMap<&str, usize> = BTreeMap::new();

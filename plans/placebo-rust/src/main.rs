@@ -11,6 +11,9 @@
 //! | `no-event`           | records nothing at all                                     | 0         |
 //! | `stall`              | sleeps forever (the runner's timeout must end it)          | —         |
 //! | `abort`              | `std::process::abort()`: killed by SIGABRT, no event       | signal 6  |
+//! | `flaky`              | fails the first time (leaves a marker file in the          | 0         |
+//! |                      | `marker_dir` param), `record_success` once the marker is   |           |
+//! |                      | there: fails on a first attempt, passes on a retry         |           |
 //! | anything else        | `record_failure("unknown test case ...")`                  | 2         |
 //!
 //! With the verdict rule "success_event AND exit status 0 within the timeout", only `ok` passes.
@@ -107,11 +110,31 @@ async fn main() -> ExitCode {
             eprintln!("placebo-rust: abort: calling std::process::abort()");
             std::process::abort()
         }
+        "flaky" => {
+            let params = client.run_parameters();
+            let dir = params.test_instance_params.get("marker_dir").cloned().unwrap_or_default();
+            if dir.is_empty() {
+                return report(client.record_failure("placebo: flaky needs the marker_dir param").await, 2);
+            }
+            // One marker per instance, so every instance fails once and passes afterwards.
+            let name = format!("flaky-{}-{}", params.test_group_id, client.global_seq());
+            let marker = std::path::Path::new(&dir).join(name);
+            if marker.exists() {
+                client.record_message("placebo: flaky: marker found, passing");
+                report(client.record_success().await, 0)
+            } else {
+                let made = std::fs::create_dir_all(&dir).and_then(|_| std::fs::write(&marker, b"failed once\n"));
+                if let Err(e) = made {
+                    eprintln!("placebo-rust: flaky: cannot write {}: {e}", marker.display());
+                }
+                report(client.record_failure("placebo flaky failure (first attempt)").await, 0)
+            }
+        }
         other => report(
             client
                 .record_failure(format!(
                     "placebo: unknown test case {other:?} (known: ok, failure, panic, \
-                     exit-after-success, no-event, stall, abort)"
+                     exit-after-success, no-event, stall, abort, flaky)"
                 ))
                 .await,
             2,
