@@ -88,26 +88,11 @@ fn absolute(path: &Path) -> PathBuf {
     std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf())
 }
 
-/// The state DB of the home an outputs dir belongs to: outputs dirs are
-/// `<home>/data/outputs/<runner>/<plan>/<run_id>` (home.rs), the DB is `<home>/data/state`.
-fn state_dir_of(outputs_dir: &Path) -> Option<PathBuf> {
-    let outputs = outputs_dir.ancestors().nth(3)?;
-    let data = outputs.parent()?;
-    (outputs.file_name()? == "outputs" && data.file_name()? == "data").then(|| data.join("state"))
-}
-
 /// Records a finished run in the history. The one hook, called by `run` (both runners) and by
 /// `matrix` for each run of a cell. Never fails: a record that cannot be written is a warning and
 /// does not change the run's verdict or exit code.
-pub fn record(report: &RunReport, composition: Option<&Path>) {
-    let Some(state_dir) = state_dir_of(&report.outputs_dir) else {
-        tracing::warn!(
-            "run {}: not recorded in the history: {} is not under <home>/data/outputs",
-            report.run_id,
-            report.outputs_dir.display()
-        );
-        return;
-    };
+pub fn record(report: &RunReport, composition: Option<&Path>, home: &Home) {
+    let state_dir = home.state_dir();
     let record = RunRecord::from_report(report, composition);
     let key = format!("{RUN_PREFIX}{}", record.run_id);
     // Opening may wait for another tg-nix process: keep an async worker free meanwhile.
@@ -453,11 +438,11 @@ mod tests {
 
     #[test]
     fn record_round_trip_through_the_state_db() {
-        let home = tempfile::tempdir().unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let home = Home::locate(Some(dir.path().to_path_buf()));
         let mut report = sample();
-        report.outputs_dir = home.path().join("data/outputs/local_exec/placebo-rust").join(&report.run_id);
-        record(&report, Some(Path::new("plans/placebo-rust/compositions/x.toml")));
-        let home = Home::locate(Some(home.path().to_path_buf()));
+        report.outputs_dir = home.outputs_dir("local_exec", "placebo-rust").join(&report.run_id);
+        record(&report, Some(Path::new("plans/placebo-rust/compositions/x.toml")), &home);
         let got = find(&home, &report.run_id).unwrap();
         assert_eq!(
             got,
@@ -474,12 +459,6 @@ mod tests {
         assert_eq!(err.code, exit::BAD_INPUT);
         assert!(err.hint.unwrap().contains("tg-nix runs list"));
         assert_eq!(load(&home).unwrap().len(), 1);
-    }
-
-    #[test]
-    fn state_dir_follows_the_home_layout() {
-        assert_eq!(state_dir_of(Path::new("/h/data/outputs/local_exec/p/r1")), Some(PathBuf::from("/h/data/state")));
-        assert_eq!(state_dir_of(Path::new("/tmp/x/y/z/w")), None);
     }
 
     fn listing(tgz: &Path) -> Vec<(String, tar::EntryType, String)> {

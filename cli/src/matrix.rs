@@ -23,20 +23,19 @@ use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
-use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use tg_nix_builders::nix::state::State;
 use tg_nix_model::{render_composition, Composition, Prepared, TemplateData};
 use tg_nix_runner::netns::{is_root, DEFAULT_DATA_SUBNET};
-use tg_nix_runner::{ExecRunSpec, GroupLaunch, InstanceResult, Isolation, SyncTally};
+use tg_nix_runner::{InstanceResult, Isolation, SyncTally};
 
 use crate::args::MatrixArgs;
 use crate::build::build_all;
 use crate::error::{exit, CliError};
 use crate::home::Home;
 use crate::report::{self, CellMark, GroupSummary, RunReport};
-use crate::run::{new_run_id, prepare, print_progress, RunPlan, Target};
+use crate::run::{exec_run, prepare, RunPlan, Target};
 
 /// The prefix of a cell's record in the state DB.
 const CACHE_PREFIX: &str = "matrix-cell/";
@@ -375,10 +374,6 @@ fn from_stored(value: &serde_json::Value) -> Option<RunReport> {
     })
 }
 
-fn state_err(e: tg_nix_builders::BuildError) -> CliError {
-    CliError::from(e)
-}
-
 /// Runs one cell's runs, one after the other.
 async fn run_cell(
     cell: &Cell,
@@ -399,39 +394,13 @@ async fn run_cell(
         if cancel.is_cancelled() {
             break;
         }
-        let id = new_run_id();
-        let groups = run
-            .groups
-            .iter()
-            .map(|g| GroupLaunch {
-                id: g.id.clone(),
-                program: programs.get(&g.build_group).map(|p| p.0.clone()).unwrap_or_default(),
-                instances: g.instances,
-                params: g.test_params.clone(),
-                profiles: g.profiles.clone(),
-            })
-            .collect();
-        let outputs_dir = home.outputs_dir("local_exec", &cell.prepared.plan).join(&id);
-        let spec = ExecRunSpec {
-            run_id: id.clone(),
-            plan: cell.prepared.plan.clone(),
-            case: cell.prepared.case.clone(),
-            groups,
-            outputs_dir: outputs_dir.clone(),
-            work_dir: home.work_dir().join("runs").join(&id),
-            timeout: args.timeout,
-            isolation: isolation.clone(),
-            disable_metrics: cell.prepared.disable_metrics,
-            log_level: cell.prepared.run_config.get("log_level").and_then(|v| v.as_str()).map(String::from),
-        };
-        let (tx, rx) = mpsc::unbounded_channel();
-        let printer = tokio::spawn(print_progress(rx));
-        let outcome = tg_nix_runner::local_exec::run(spec, tx, cancel.clone()).await?;
-        let _ = printer.await;
+        let program_of = |group: &str| programs.get(group).map(|p| p.0.clone()).unwrap_or_default();
+        let (outcome, outputs_dir) =
+            exec_run(&cell.prepared, run, &program_of, home, args.timeout, isolation, cancel).await?;
         let name = if single { cell.name.clone() } else { format!("{} · {}", cell.name, run.id) };
         let report = RunReport::new(&plan, &name, &outcome, &outputs_dir, cancel.is_cancelled());
         report::write_result_file(&report, &outputs_dir);
-        crate::history::record(&report, Some(&args.matrix));
+        crate::history::record(&report, Some(&args.matrix), home);
         reports.push(report);
     }
     Ok(reports)
@@ -517,7 +486,7 @@ pub async fn run(args: MatrixArgs, home: Home, cancel: CancellationToken) -> Res
     let state_dir = home.state_dir();
     let mut results: Vec<Option<CellResult>> = (0..cells.len()).map(|_| None).collect();
     if !args.rerun {
-        let state = State::open(&state_dir).map_err(state_err)?;
+        let state = State::open(&state_dir).map_err(CliError::from)?;
         for (i, key) in keys.iter().enumerate() {
             let Some(cached) = state.get::<CachedCell>(&format!("{CACHE_PREFIX}{key}")) else { continue };
             if args.rerun_failed && cached.outcome != "success" {

@@ -6,7 +6,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use tg_nix_builders::BUILDERS;
-use tg_nix_model::{Composition, Manifest, Prepared, SingleRun};
+use tg_nix_model::{Composition, Manifest, Prepared, RunSpec, SingleRun};
 use tg_nix_runner::netns::{is_root, DEFAULT_DATA_SUBNET};
 use tg_nix_runner::{ExecRunSpec, GroupLaunch, Isolation, RunEvent, RunOutcome};
 
@@ -210,38 +210,62 @@ pub async fn run(args: RunArgs, home: Home, cancel: CancellationToken) -> Result
             break;
         }
         let Some(run) = plan.target.prepared.runs.iter().find(|r| &r.id == run_id) else { continue };
-        let id = new_run_id();
-        let groups = run
-            .groups
-            .iter()
-            .map(|g| GroupLaunch {
-                id: g.id.clone(),
-                program: programs[&g.build_group].clone(),
-                instances: g.instances,
-                params: g.test_params.clone(),
-                profiles: g.profiles.clone(),
-            })
-            .collect();
-        let outputs_dir = home.outputs_dir("local_exec", &plan.target.prepared.plan).join(&id);
-        let spec = ExecRunSpec {
-            run_id: id.clone(),
-            plan: plan.target.prepared.plan.clone(),
-            case: plan.target.prepared.case.clone(),
-            groups,
-            outputs_dir: outputs_dir.clone(),
-            work_dir: home.work_dir().join("runs").join(&id),
-            timeout: args.timeout,
-            isolation: plan.isolation.clone(),
-            disable_metrics: plan.target.prepared.disable_metrics,
-            log_level: plan.target.prepared.run_config.get("log_level").and_then(|v| v.as_str()).map(String::from),
-        };
-        let (tx, rx) = mpsc::unbounded_channel();
-        let printer = tokio::spawn(print_progress(rx));
-        let outcome: RunOutcome = tg_nix_runner::local_exec::run(spec, tx, cancel.clone()).await?;
-        let _ = printer.await;
-        reports.push(record_run(&plan, run_id, &outcome, &outputs_dir, &cancel, args.json));
+        let (outcome, outputs_dir) = exec_run(
+            &plan.target.prepared,
+            run,
+            &|group| programs[group].clone(),
+            &home,
+            args.timeout,
+            &plan.isolation,
+            &cancel,
+        )
+        .await?;
+        reports.push(record_run(&plan, run_id, &outcome, &outputs_dir, &home, &cancel, args.json));
     }
     Ok(finish(&reports, &args, &cancel))
+}
+
+/// Runs one `[[runs]]` entry of `prepared` with local:exec (`program_of` gives each build group's
+/// program), printing progress lines; returns the outcome and the run's outputs dir.
+pub(crate) async fn exec_run(
+    prepared: &Prepared,
+    run: &RunSpec,
+    program_of: &(dyn Fn(&str) -> PathBuf + Sync),
+    home: &Home,
+    timeout: std::time::Duration,
+    isolation: &Isolation,
+    cancel: &CancellationToken,
+) -> Result<(RunOutcome, PathBuf), CliError> {
+    let id = new_run_id();
+    let groups = run
+        .groups
+        .iter()
+        .map(|g| GroupLaunch {
+            id: g.id.clone(),
+            program: program_of(&g.build_group),
+            instances: g.instances,
+            params: g.test_params.clone(),
+            profiles: g.profiles.clone(),
+        })
+        .collect();
+    let outputs_dir = home.outputs_dir("local_exec", &prepared.plan).join(&id);
+    let spec = ExecRunSpec {
+        run_id: id.clone(),
+        plan: prepared.plan.clone(),
+        case: prepared.case.clone(),
+        groups,
+        outputs_dir: outputs_dir.clone(),
+        work_dir: home.work_dir().join("runs").join(&id),
+        timeout,
+        isolation: isolation.clone(),
+        disable_metrics: prepared.disable_metrics,
+        log_level: prepared.run_config.get("log_level").and_then(|v| v.as_str()).map(String::from),
+    };
+    let (tx, rx) = mpsc::unbounded_channel();
+    let printer = tokio::spawn(print_progress(rx));
+    let outcome = tg_nix_runner::local_exec::run(spec, tx, cancel.clone()).await?;
+    let _ = printer.await;
+    Ok((outcome, outputs_dir))
 }
 
 /// A finished run's report: written as result.json into its outputs, recorded in the history
@@ -251,12 +275,13 @@ pub(crate) fn record_run(
     run_id: &str,
     outcome: &RunOutcome,
     outputs_dir: &Path,
+    home: &Home,
     cancel: &CancellationToken,
     json: bool,
 ) -> RunReport {
     let report = RunReport::new(plan, run_id, outcome, outputs_dir, cancel.is_cancelled());
     report::write_result_file(&report, outputs_dir);
-    crate::history::record(&report, plan.target.composition.as_deref());
+    crate::history::record(&report, plan.target.composition.as_deref(), home);
     if !json {
         print!("{}", report::render_terminal(&report));
     }

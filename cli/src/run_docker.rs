@@ -107,7 +107,7 @@ pub async fn run(
         let printer = tokio::spawn(print_progress(rx));
         let outcome = local_docker::run(&docker, spec, tx, cancel.clone()).await?;
         let _ = printer.await;
-        reports.push(record_run(plan, run_id, &outcome, &outputs_dir, &cancel, args.json));
+        reports.push(record_run(plan, run_id, &outcome, &outputs_dir, home, &cancel, args.json));
     }
     Ok(finish(&reports, args, &cancel))
 }
