@@ -10,74 +10,31 @@
 //! Every run binds the sync service on the control network's gateway (192.18.0.1:5050), so the
 //! tests take turns. They share the nix:* caches of e2e_nix (target/tg-nix-e2e-nix-home).
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
-use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("workspace root").to_path_buf()
-}
-
-fn is_root() -> bool {
-    // SAFETY: getuid has no preconditions.
-    unsafe { libc::getuid() == 0 }
-}
-
-fn works(program: &str, args: &[&str]) -> bool {
-    Command::new(program).args(args).output().map(|o| o.status.success()).unwrap_or(false)
-}
+mod common;
+use common::{
+    docker_ids, docker_inspect, docker_turn, is_root, leftovers, nix_home, repo, text, tg_nix_command, verdicts, works,
+};
 
 /// True when the test can run. Outside CI a missing requirement is said loudly; in CI it fails.
 fn ready(test: &str) -> bool {
-    let missing = if !is_root() {
-        "root (the single-user Nix store, the Docker socket)"
-    } else if !works("nix-build", &["--version"]) {
-        "Nix (nix-build; scripts/setup.sh installs nix-bin)"
-    } else if !works("docker", &["info"]) {
-        "a running Docker daemon (scripts/setup.sh starts dockerd)"
-    } else {
-        return true;
-    };
-    if std::env::var("CI").as_deref() == Ok("true") {
-        panic!("{test} needs {missing} and CI=true: run the suite as root after scripts/setup.sh");
-    }
-    eprintln!("\n!!!!! SKIPPED {test}: needs {missing} !!!!!\n");
-    false
-}
-
-fn home() -> PathBuf {
-    std::env::var_os("TG_NIX_TEST_NIX_HOME")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| repo().join("target/tg-nix-e2e-nix-home"))
-}
-
-fn tg_nix_command(args: &[&str]) -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_tg-nix"));
-    cmd.current_dir(repo()).env("TG_NIX_HOME", home()).env_remove("RUST_LOG").args(args);
-    cmd
+    common::ready(
+        test,
+        common::first_missing(&[
+            (is_root(), "root (the single-user Nix store, the Docker socket)"),
+            (works("nix-build", &["--version"]), "Nix (nix-build; scripts/setup.sh installs nix-bin)"),
+            (works("docker", &["info"]), "a running Docker daemon (scripts/setup.sh starts dockerd)"),
+        ]),
+    )
 }
 
 fn tg_nix(args: &[&str]) -> Output {
     tg_nix_command(args).output().expect("tg-nix runs")
-}
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
-}
-
-/// One docker run at a time (the sync service's address is fixed), and `tg-nix setup` once.
-fn turn() -> MutexGuard<'static, bool> {
-    static TURN: Mutex<bool> = Mutex::new(false);
-    let mut done = TURN.lock().unwrap_or_else(|e| e.into_inner());
-    if !*done {
-        let out = tg_nix(&["setup"]);
-        assert!(out.status.success(), "tg-nix setup failed:\n{}", text(&out.stderr));
-        *done = true;
-    }
-    done
 }
 
 /// `tg-nix run … --json`: exit code, report, stderr.
@@ -89,30 +46,8 @@ fn run(args: &[&str]) -> (i32, Value, String) {
     (out.status.code().unwrap_or(-1), serde_json::from_slice(&out.stdout).unwrap_or(Value::Null), text(&out.stderr))
 }
 
-fn verdicts(report: &Value) -> Vec<String> {
-    report["runs"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .flat_map(|r| r["instances"].as_array().cloned().unwrap_or_default())
-        .map(|i| i["verdict"]["verdict"].as_str().unwrap_or("?").to_string())
-        .collect()
-}
-
 fn run_ids(report: &Value) -> Vec<String> {
     report["runs"].as_array().into_iter().flatten().map(|r| r["run_id"].as_str().unwrap_or("").to_string()).collect()
-}
-
-/// Ids of containers (`ps`) or networks (`network ls`) with the label `filter`.
-fn docker_ids(what: &[&str], filter: &str) -> Vec<String> {
-    let mut args = what.to_vec();
-    args.extend_from_slice(&["-q", "--filter", filter]);
-    let out = Command::new("docker").args(&args).output().expect("docker runs");
-    text(&out.stdout).lines().filter(|l| !l.is_empty()).map(String::from).collect()
-}
-
-fn leftovers(filter: &str) -> (Vec<String>, Vec<String>) {
-    (docker_ids(&["ps", "-a"], filter), docker_ids(&["network", "ls"], filter))
 }
 
 fn assert_clean(run_id: &str) {
@@ -140,7 +75,7 @@ fn ping_rust_two_versions_and_twenty_instances_pass() {
     if !ready("ping_rust_two_versions_and_twenty_instances_pass") {
         return;
     }
-    let _turn = turn();
+    let _turn = docker_turn();
     let (code, report, stderr) = run(&["plans/ping-rust/compositions/ping-docker.toml", "--timeout", "120s"]);
     assert_eq!(code, 0, "stderr:\n{stderr}\nreport: {report:#}");
     assert_eq!(verdicts(&report), ["pass", "pass"]);
@@ -176,7 +111,7 @@ fn ping_rust_fifty_containers_pass_past_the_arp_cap() {
     if !ready("ping_rust_fifty_containers_pass_past_the_arp_cap") {
         return;
     }
-    let _turn = turn();
+    let _turn = docker_turn();
     let started = Instant::now();
     let (code, report, stderr) = run(&[
         "--plan",
@@ -203,7 +138,7 @@ fn placebo_cases_get_their_exact_verdicts() {
     if !ready("placebo_cases_get_their_exact_verdicts") {
         return;
     }
-    let _turn = turn();
+    let _turn = docker_turn();
     let cases = [
         ("ok", "pass", 0),
         ("failure", "failure", 1),
@@ -239,7 +174,7 @@ fn an_image_is_written_once_and_its_id_is_stable() {
     if !ready("an_image_is_written_once_and_its_id_is_stable") {
         return;
     }
-    let _turn = turn();
+    let _turn = docker_turn();
     let (code, _, stderr) = placebo("ok", "120s");
     assert_eq!(code, 0, "{stderr}");
     let (id, _) = image_line(&stderr);
@@ -302,17 +237,12 @@ fn start_stalling_run(instances: &str) -> (std::process::Child, Vec<String>) {
     }
 }
 
-fn docker_inspect(id: &str, format: &str) -> String {
-    let out = Command::new("docker").args(["inspect", "-f", format, id]).output().expect("docker");
-    text(&out.stdout).trim().to_string()
-}
-
 #[test]
 fn interrupt_cleans_up_and_terminate_cleans_a_killed_run() {
     if !ready("interrupt_cleans_up_and_terminate_cleans_a_killed_run") {
         return;
     }
-    let _turn = turn();
+    let _turn = docker_turn();
     assert_eq!(leftovers("label=tg-nix.run"), (vec![], vec![]), "leftovers from an earlier run");
 
     // SIGINT: tg-nix stops the containers and removes them and the data network itself.
@@ -472,7 +402,7 @@ impl SecondDaemon {
     fn tg_nix(&self, args: &[&str]) -> Command {
         let mut cmd = Command::new("nsenter");
         cmd.current_dir(repo())
-            .env("TG_NIX_HOME", home())
+            .env("TG_NIX_HOME", nix_home())
             .env("DOCKER_HOST", &self.socket)
             .env_remove("RUST_LOG")
             .arg(format!("--net=/var/run/netns/{}", self.netns))
@@ -528,7 +458,7 @@ fn a_daemon_that_dies_mid_run_gives_lost_verdicts() {
     if !ready("a_daemon_that_dies_mid_run_gives_lost_verdicts") {
         return;
     }
-    let _turn = turn();
+    let _turn = docker_turn();
     let mut daemon = SecondDaemon::start("dies");
     let mut cmd = daemon.tg_nix(&[
         "run",
@@ -587,7 +517,7 @@ fn an_image_that_fails_to_load_is_a_clear_setup_error() {
     if !ready("an_image_that_fails_to_load_is_a_clear_setup_error") {
         return;
     }
-    let _turn = turn();
+    let _turn = docker_turn();
     // The image's full id, from a normal run on the main daemon (it is a pure function of the
     // program, so the fresh daemon will be asked to load the same id).
     let (code, _, stderr) = placebo("ok", "120s");
@@ -603,7 +533,7 @@ fn an_image_that_fails_to_load_is_a_clear_setup_error() {
     // A fresh daemon has no image, so tg-nix writes the tar and loads it. The tar's path is a
     // FIFO: what tg-nix writes is drained, and what Docker then reads is not a tar.
     let daemon = SecondDaemon::start("badimage");
-    let images_dir = home().join("data/work/images");
+    let images_dir = nix_home().join("data/work/images");
     std::fs::create_dir_all(&images_dir).expect("images dir");
     let tar = images_dir.join(format!("image-{}.tar", id.trim_start_matches("sha256:")));
     let _ = std::fs::remove_file(&tar);

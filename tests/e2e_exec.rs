@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 mod common;
-use common::{is_root, repo, verdicts};
+use common::{is_root, plan_target, repo, verdicts};
 
 /// True when the test can run. Outside CI a missing privilege is said loudly; in CI it fails.
 fn privileged(test: &str) -> bool {
@@ -27,12 +27,9 @@ impl Env {
 
     fn command(&self) -> Command {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_tg-nix"));
-        let target = std::env::var_os("TG_NIX_TEST_PLAN_TARGET")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| repo().join("target/plans"));
         cmd.current_dir(repo())
             .env("TG_NIX_HOME", self.home.path())
-            .env("CARGO_TARGET_DIR", target)
+            .env("CARGO_TARGET_DIR", plan_target())
             .env_remove("RUST_LOG");
         cmd
     }

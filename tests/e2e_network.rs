@@ -10,42 +10,33 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
-use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("workspace root").to_path_buf()
-}
+mod common;
+use common::{
+    docker_ids, docker_inspect, docker_turn, is_root, leftovers, plan_target, repo, text, tg_nix_command, works,
+};
 
+/// True when the test can run. Outside CI a missing privilege is said loudly; in CI it fails.
 fn privileged(test: &str) -> bool {
-    // SAFETY: getuid has no preconditions.
-    if unsafe { libc::getuid() } == 0 {
-        return true;
-    }
-    if std::env::var("CI").as_deref() == Ok("true") {
-        panic!("{test} needs root (network namespaces) and CI=true: run the suite as root");
-    }
-    eprintln!("\n!!!!! SKIPPED {test}: needs root for network namespaces; run the suite as root !!!!!\n");
-    false
+    common::ready(test, (!is_root()).then_some("root for network namespaces"))
 }
 
 /// Runs one case of network-rust and returns (exit code, report, stderr).
 fn run_case(home: &Path, case: &str) -> (i32, Value, String) {
-    let target =
-        std::env::var_os("TG_NIX_TEST_PLAN_TARGET").map(PathBuf::from).unwrap_or_else(|| repo().join("target/plans"));
     let composition = format!("plans/network-rust/compositions/{case}.toml");
     let out = Command::new(env!("CARGO_BIN_EXE_tg-nix"))
         .current_dir(repo())
         .env("TG_NIX_HOME", home)
-        .env("CARGO_TARGET_DIR", target)
+        .env("CARGO_TARGET_DIR", plan_target())
         .env_remove("RUST_LOG")
         .args(["run", &composition, "--timeout", "180s", "--json"])
         .output()
         .expect("tg-nix runs");
     let report = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
-    (out.status.code().unwrap_or(-1), report, String::from_utf8_lossy(&out.stderr).into_owned())
+    (out.status.code().unwrap_or(-1), report, text(&out.stderr))
 }
 
 fn instances(report: &Value) -> Vec<Value> {
@@ -179,56 +170,16 @@ fn check_latency_fails_fast(code: i32, report: &Value, stderr: &str) {
 
 // ---- local:docker ------------------------------------------------------------------------------
 
-fn works(program: &str, args: &[&str]) -> bool {
-    Command::new(program).args(args).output().map(|o| o.status.success()).unwrap_or(false)
-}
-
 /// True when a docker test can run. Outside CI a missing requirement is said loudly; in CI it fails.
 fn docker_ready(test: &str) -> bool {
-    // SAFETY: getuid has no preconditions.
-    let missing = if unsafe { libc::getuid() } != 0 {
-        "root (the single-user Nix store, the Docker socket, containers' network namespaces)"
-    } else if !works("nix-build", &["--version"]) {
-        "Nix (nix-build; scripts/setup.sh installs nix-bin)"
-    } else if !works("docker", &["info"]) {
-        "a running Docker daemon (scripts/setup.sh starts dockerd)"
-    } else {
-        return true;
-    };
-    if std::env::var("CI").as_deref() == Ok("true") {
-        panic!("{test} needs {missing} and CI=true: run the suite as root after scripts/setup.sh");
-    }
-    eprintln!("\n!!!!! SKIPPED {test}: needs {missing} !!!!!\n");
-    false
-}
-
-/// The nix:* caches shared with e2e_nix and e2e_docker.
-fn nix_home() -> PathBuf {
-    std::env::var_os("TG_NIX_TEST_NIX_HOME")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| repo().join("target/tg-nix-e2e-nix-home"))
-}
-
-fn tg_nix_command(args: &[&str]) -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_tg-nix"));
-    cmd.current_dir(repo()).env("TG_NIX_HOME", nix_home()).env_remove("RUST_LOG").args(args);
-    cmd
-}
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
-}
-
-/// One docker run at a time (the sync service's address is fixed), and `tg-nix setup` once.
-fn docker_turn() -> MutexGuard<'static, bool> {
-    static TURN: Mutex<bool> = Mutex::new(false);
-    let mut done = TURN.lock().unwrap_or_else(|e| e.into_inner());
-    if !*done {
-        let out = tg_nix_command(&["setup"]).output().expect("tg-nix runs");
-        assert!(out.status.success(), "tg-nix setup failed:\n{}", text(&out.stderr));
-        *done = true;
-    }
-    done
+    common::ready(
+        test,
+        common::first_missing(&[
+            (is_root(), "root (the single-user Nix store, the Docker socket, containers' network namespaces)"),
+            (works("nix-build", &["--version"]), "Nix (nix-build; scripts/setup.sh installs nix-bin)"),
+            (works("docker", &["info"]), "a running Docker daemon (scripts/setup.sh starts dockerd)"),
+        ]),
+    )
 }
 
 /// Runs one case of network-rust under local:docker (built with nix:rust): exit code, report,
@@ -256,21 +207,10 @@ fn run_docker_case(case: &str) -> (i32, Value, String) {
     (out.status.code().unwrap_or(-1), report, text(&out.stderr))
 }
 
-fn docker_ids(what: &[&str], filter: &str) -> Vec<String> {
-    let mut args = what.to_vec();
-    args.extend_from_slice(&["-q", "--filter", filter]);
-    let out = Command::new("docker").args(&args).output().expect("docker runs");
-    text(&out.stdout).lines().filter(|l| !l.is_empty()).map(String::from).collect()
-}
-
 fn assert_docker_clean(report: &Value) {
     let run_id = report["runs"][0]["run_id"].as_str().unwrap_or("");
     let filter = format!("label=tg-nix.run={run_id}");
-    assert_eq!(
-        (docker_ids(&["ps", "-a"], &filter), docker_ids(&["network", "ls"], &filter)),
-        (vec![], vec![]),
-        "containers/networks of run {run_id} remain"
-    );
+    assert_eq!(leftovers(&filter), (vec![], vec![]), "containers/networks of run {run_id} remain");
 }
 
 /// Runs `case` under local:docker, asserts both instances pass and nothing is left behind.
@@ -330,11 +270,6 @@ fn docker_latency_without_netem_fails_the_run_at_once_naming_the_feature() {
     let (code, report, stderr) = run_docker_case("latency");
     check_latency_fails_fast(code, &report, &stderr);
     assert_docker_clean(&report);
-}
-
-fn docker_inspect(id: &str, format: &str) -> String {
-    let out = Command::new("docker").args(["inspect", "-f", format, id]).output().expect("docker");
-    text(&out.stdout).trim().to_string()
 }
 
 /// Tries a TCP connection to `ip:port` from inside the network namespace of `pid` (host tools,

@@ -20,7 +20,7 @@ use std::time::Instant;
 use serde_json::Value;
 
 mod common;
-use common::{is_root, repo, text, verdicts};
+use common::{is_root, nix_home, repo, text, verdicts};
 
 /// True when the test can run. Outside CI a missing requirement is said loudly; in CI it fails.
 fn ready(test: &str) -> bool {
@@ -33,20 +33,8 @@ fn ready(test: &str) -> bool {
     )
 }
 
-fn home() -> PathBuf {
-    std::env::var_os("TG_NIX_TEST_NIX_HOME")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| repo().join("target/tg-nix-e2e-nix-home"))
-}
-
 fn tg_nix(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_tg-nix"))
-        .current_dir(repo())
-        .env("TG_NIX_HOME", home())
-        .env_remove("RUST_LOG")
-        .args(args)
-        .output()
-        .expect("tg-nix runs")
+    common::tg_nix_command(args).output().expect("tg-nix runs")
 }
 
 /// `nix-build --check` rebuilds ping-rust under Nix's lock on its output path, which makes any
@@ -448,7 +436,7 @@ fn a_host_without_the_sandbox_or_the_imports_is_refused_naming_the_group() {
     let dir = tempfile::tempdir().expect("temp dir");
     let build = |env: &[(&str, &Path)]| {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_tg-nix"));
-        cmd.current_dir(repo()).env("TG_NIX_HOME", home()).env_remove("RUST_LOG");
+        cmd.current_dir(repo()).env("TG_NIX_HOME", nix_home()).env_remove("RUST_LOG");
         for (k, v) in env {
             cmd.env(k, v);
         }

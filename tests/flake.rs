@@ -14,9 +14,8 @@ use std::process::Command;
 
 use serde_json::Value;
 
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("workspace root").to_path_buf()
-}
+mod common;
+use common::repo;
 
 fn fixtures() -> PathBuf {
     repo().join("tests/flake")
@@ -40,14 +39,7 @@ fn nix_unusable() -> Option<String> {
 
 /// True when the test can run. Outside CI a missing requirement is said loudly; in CI it fails.
 fn ready(test: &str) -> bool {
-    let Some(missing) = nix_unusable() else {
-        return true;
-    };
-    if std::env::var("CI").as_deref() == Ok("true") {
-        panic!("{test} needs {missing} and CI=true: run the suite as root after scripts/setup.sh");
-    }
-    eprintln!("\n!!!!! SKIPPED {test}: needs {missing} !!!!!\n");
-    false
+    common::ready(test, nix_unusable().as_deref())
 }
 
 /// Runs `command`, fails the test with its stderr unless it succeeds, and returns its stdout.

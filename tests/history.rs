@@ -11,7 +11,7 @@ use std::process::{Command, Output};
 use serde_json::Value;
 
 mod common;
-use common::{is_root, repo, text};
+use common::{is_root, plan_target, repo, text};
 
 fn privileged(test: &str) -> bool {
     common::ready(test, (!is_root()).then_some("root for network namespaces"))
@@ -31,14 +31,11 @@ impl Env {
     }
 
     fn tg_nix(&self, args: &[&str]) -> Output {
-        let target = std::env::var_os("TG_NIX_TEST_PLAN_TARGET")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| repo().join("target/plans"));
         Command::new(env!("CARGO_BIN_EXE_tg-nix"))
             .args(args)
             .current_dir(self.dir.path())
             .env("TG_NIX_HOME", self.home.path())
-            .env("CARGO_TARGET_DIR", target)
+            .env("CARGO_TARGET_DIR", plan_target())
             .env_remove("RUST_LOG")
             .output()
             .expect("tg-nix runs")

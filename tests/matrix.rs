@@ -10,25 +10,12 @@ use std::process::{Command, Output};
 
 use serde_json::Value;
 
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("workspace root").to_path_buf()
-}
-
-fn is_root() -> bool {
-    // SAFETY: getuid has no preconditions.
-    unsafe { libc::getuid() == 0 }
-}
+mod common;
+use common::{is_root, plan_target, repo, text};
 
 /// True when the test can run. Outside CI a missing privilege is said loudly; in CI it fails.
 fn privileged(test: &str) -> bool {
-    if is_root() {
-        return true;
-    }
-    if std::env::var("CI").as_deref() == Ok("true") {
-        panic!("{test} needs root (network namespaces) and CI=true: run the suite as root");
-    }
-    eprintln!("\n!!!!! SKIPPED {test}: needs root for network namespaces; run the suite as root !!!!!\n");
-    false
+    common::ready(test, (!is_root()).then_some("root for network namespaces"))
 }
 
 /// A placebo-rust composition: the case and the instance count come from the cell.
@@ -74,14 +61,11 @@ impl Env {
     }
 
     fn tg_nix(&self, args: &[&str]) -> Output {
-        let target = std::env::var_os("TG_NIX_TEST_PLAN_TARGET")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| repo().join("target/plans"));
         Command::new(env!("CARGO_BIN_EXE_tg-nix"))
             .args(args)
             .current_dir(repo())
             .env("TG_NIX_HOME", self.home.path())
-            .env("CARGO_TARGET_DIR", target)
+            .env("CARGO_TARGET_DIR", plan_target())
             .env_remove("RUST_LOG")
             .output()
             .expect("tg-nix runs")
@@ -101,10 +85,6 @@ impl Env {
     fn outputs(&self) -> usize {
         std::fs::read_dir(self.home.path().join("data/outputs/local_exec/placebo-rust")).map(|d| d.count()).unwrap_or(0)
     }
-}
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
 }
 
 /// Cell name → state (`ran`/`cached`) and outcome.

@@ -5,35 +5,13 @@
 //! Needs root (namespaces), xmllint (apt libxml2-utils) and chromium; with CI=true a missing
 //! prerequisite fails the test instead of skipping it.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
 use serde_json::Value;
 
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("workspace root").to_path_buf()
-}
-
-/// True when `what` is available. Outside CI a missing prerequisite is said loudly; in CI it fails.
-fn prerequisite(test: &str, ok: bool, what: &str) -> bool {
-    if ok {
-        return true;
-    }
-    if std::env::var("CI").as_deref() == Ok("true") {
-        panic!("{test} needs {what} and CI=true: run scripts/setup.sh and the suite as root");
-    }
-    eprintln!("\n!!!!! SKIPPED {test}: needs {what} (scripts/setup.sh installs it; run as root) !!!!!\n");
-    false
-}
-
-fn is_root() -> bool {
-    // SAFETY: getuid has no preconditions.
-    unsafe { libc::getuid() == 0 }
-}
-
-fn found(program: &str) -> bool {
-    Command::new(program).arg("--version").output().map(|o| o.status.success()).unwrap_or(false)
-}
+mod common;
+use common::{is_root, plan_target, repo, works};
 
 struct Env {
     home: tempfile::TempDir,
@@ -46,13 +24,10 @@ impl Env {
 
     /// Runs `tg-nix run ARGS --json --report-dir DIR`: exit code, the --json report, stderr.
     fn run(&self, args: &[&str], report_dir: &Path) -> (i32, Value, String) {
-        let target = std::env::var_os("TG_NIX_TEST_PLAN_TARGET")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| repo().join("target/plans"));
         let out = Command::new(env!("CARGO_BIN_EXE_tg-nix"))
             .current_dir(repo())
             .env("TG_NIX_HOME", self.home.path())
-            .env("CARGO_TARGET_DIR", target)
+            .env("CARGO_TARGET_DIR", plan_target())
             .env_remove("RUST_LOG")
             .arg("run")
             .args(args)
@@ -61,7 +36,7 @@ impl Env {
             .arg(report_dir)
             .output()
             .expect("tg-nix runs");
-        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        let stderr = common::text(&out.stderr);
         let json = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
         (out.status.code().unwrap_or(-1), json, stderr)
     }
@@ -189,10 +164,12 @@ fn check_dom(dom: &str, json: &Value) {
 #[test]
 fn reports_of_real_runs_agree_validate_and_render() {
     let test = "reports_of_real_runs_agree_validate_and_render";
-    if !prerequisite(test, is_root(), "root (network namespaces)")
-        || !prerequisite(test, found("xmllint"), "xmllint (apt libxml2-utils)")
-        || !prerequisite(test, found("chromium"), "chromium (apt chromium)")
-    {
+    let missing = common::first_missing(&[
+        (is_root(), "root (network namespaces)"),
+        (works("xmllint", &["--version"]), "xmllint (apt libxml2-utils)"),
+        (works("chromium", &["--version"]), "chromium (apt chromium)"),
+    ]);
+    if !common::ready(test, missing) {
         return;
     }
     let env = Env::new();

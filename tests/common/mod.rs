@@ -6,6 +6,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::{Mutex, MutexGuard};
 
 use serde_json::Value;
 
@@ -16,6 +17,58 @@ pub fn repo() -> PathBuf {
 pub fn is_root() -> bool {
     // SAFETY: getuid has no preconditions.
     unsafe { libc::getuid() == 0 }
+}
+
+/// Where plans are built (CARGO_TARGET_DIR of tg-nix's exec:rust builds): TG_NIX_TEST_PLAN_TARGET,
+/// or `target/plans`.
+pub fn plan_target() -> PathBuf {
+    std::env::var_os("TG_NIX_TEST_PLAN_TARGET").map(PathBuf::from).unwrap_or_else(|| repo().join("target/plans"))
+}
+
+/// The tg-nix home whose nix:* caches e2e_nix, e2e_docker and e2e_network share:
+/// TG_NIX_TEST_NIX_HOME, or `target/tg-nix-e2e-nix-home`.
+pub fn nix_home() -> PathBuf {
+    std::env::var_os("TG_NIX_TEST_NIX_HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo().join("target/tg-nix-e2e-nix-home"))
+}
+
+/// `tg-nix ARGS` in the repo, with the shared nix:* home ([`nix_home`]).
+pub fn tg_nix_command(args: &[&str]) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_tg-nix"));
+    cmd.current_dir(repo()).env("TG_NIX_HOME", nix_home()).env_remove("RUST_LOG").args(args);
+    cmd
+}
+
+/// One docker run at a time (the sync service's address is fixed), and `tg-nix setup` once.
+pub fn docker_turn() -> MutexGuard<'static, bool> {
+    static TURN: Mutex<bool> = Mutex::new(false);
+    let mut done = TURN.lock().unwrap_or_else(|e| e.into_inner());
+    if !*done {
+        let out = tg_nix_command(&["setup"]).output().expect("tg-nix runs");
+        assert!(out.status.success(), "tg-nix setup failed:\n{}", text(&out.stderr));
+        *done = true;
+    }
+    done
+}
+
+/// Ids of containers (`ps`) or networks (`network ls`) with the label `filter`.
+pub fn docker_ids(what: &[&str], filter: &str) -> Vec<String> {
+    let mut args = what.to_vec();
+    args.extend_from_slice(&["-q", "--filter", filter]);
+    let out = Command::new("docker").args(&args).output().expect("docker runs");
+    text(&out.stdout).lines().filter(|l| !l.is_empty()).map(String::from).collect()
+}
+
+/// Containers and networks with the label `filter`.
+pub fn leftovers(filter: &str) -> (Vec<String>, Vec<String>) {
+    (docker_ids(&["ps", "-a"], filter), docker_ids(&["network", "ls"], filter))
+}
+
+/// `docker inspect -f FORMAT ID`, trimmed.
+pub fn docker_inspect(id: &str, format: &str) -> String {
+    let out = Command::new("docker").args(["inspect", "-f", format, id]).output().expect("docker");
+    text(&out.stdout).trim().to_string()
 }
 
 /// True when `program args…` runs and succeeds.
